@@ -1,0 +1,1 @@
+"""HIRI-ViT reproduction pipeline: models, data, training, transfer, tracking and launching."""
