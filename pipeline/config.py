@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
@@ -19,8 +19,144 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- training (issue 4): recipes per profile, one block per DVC stage, launching -----------------
+# The values live in params.yaml, with the source of each choice; the defaults here only mirror
+# the paper recipe so that a params file without these sections still validates.
+
+SIZES = ("s", "b", "l")
+# Stochastic depth per size (paper silent): Swin-T/S/B use 0.2/0.3/0.5 for 28M/50M/88M params.
+DROP_PATH = {"s": 0.2, "b": 0.3, "l": 0.5}
+
+
+class MixParams(Section):
+    """timm Mixup/CutMix in batch mode (the mode EMA distillation needs)."""
+
+    mixup_alpha: float = Field(0.8, ge=0.0)
+    cutmix_alpha: float = Field(1.0, ge=0.0)
+    prob: float = Field(1.0, ge=0.0, le=1.0)
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class EmaParams(Section):
+    """EMA teacher (Section 4.5): decay of the moving average, and alpha in y- = a y~ + (1 - a) y^."""
+
+    decay: float = Field(0.99996, ge=0.0, lt=1.0)
+    warmup: bool = False  # timm's decay ramp 1 - (1 + step)^(-2/3), capped at decay
+    alpha: float = Field(0.5, ge=0.0, le=1.0)  # 1.0 = plain EMA, no distillation target
+
+
+class RecipeParams(Section):
+    """One complete training recipe (optimiser, schedule, augmentation, engine, bookkeeping)."""
+
+    epochs: int = Field(300, ge=1)
+    warmup_epochs: float = Field(5.0, ge=0.0)
+    batch_size: int = Field(1024, ge=1)  # global, over all ranks and accumulation steps
+    micro_batch_size: int = Field(128, ge=1)  # per rank per forward/backward
+    lr: float = Field(1e-3, gt=0.0)
+    lr_reference_batch: int = Field(1024, ge=1)  # lr is scaled by batch_size / lr_reference_batch
+    warmup_lr: float = Field(1e-6, ge=0.0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    clip_grad: float | None = Field(5.0, gt=0.0)
+    drop_path_scale: float = Field(1.0, ge=0.0)  # multiplies each run's drop_path_rate
+    # Cap on optimiser steps per epoch (null = the whole training set); the CPU smoke scale
+    # uses it to bound a run's images without shrinking the dataset other stages share.
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    mix: MixParams = MixParams()
+    ema: EmaParams = EmaParams()
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    # auto: bf16 on GPU; fp32 on CPU. bf16 on CPU = fp32 weights with bf16 autocast.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every_steps: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_steps: int = Field(50, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    throughput_batch: int = Field(64, ge=1)
+    throughput_iters: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _batches(self):
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} must be < epochs {self.epochs}")
+        return self
+
+
+class TrainRun(Section):
+    """One pretraining stage, train_<key> in dvc.yaml."""
+
+    model: Literal["hiri_vit_s", "hiri_vit_b", "hiri_vit_l"]
+    img_size: Literal[224, 384, 448, 768]
+    drop_path_rate: float = Field(ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class FinetuneRun(TrainRun):
+    """One fine-tuning stage, finetune_<key> in dvc.yaml; starts from train_<init_from>'s weights."""
+
+    init_from: str
+
+
+def _train_runs() -> dict[str, TrainRun]:
+    return {f"hiri_{s}_{r}": TrainRun(model=f"hiri_vit_{s}", img_size=r, drop_path_rate=DROP_PATH[s])
+            for s in SIZES for r in (224, 384, 448)}
+
+
+def _finetune_runs() -> dict[str, FinetuneRun]:
+    return {f"hiri_{s}_768": FinetuneRun(model=f"hiri_vit_{s}", img_size=768, drop_path_rate=DROP_PATH[s],
+                                         init_from=f"hiri_{s}_448") for s in SIZES}
+
+
+class TrainParams(Section):
+    builtin: RecipeParams = RecipeParams()
+    paper: RecipeParams = RecipeParams()
+    runs: dict[str, TrainRun] = Field(default_factory=_train_runs)
+
+    def recipe(self, profile: str) -> RecipeParams:
+        return getattr(self, profile)
+
+    def run(self, key: str) -> TrainRun:
+        if key not in self.runs:
+            raise KeyError(f"no run {key!r} in params.yaml; known runs: {sorted(self.runs)}")
+        return self.runs[key]
+
+
+_FT_PAPER = RecipeParams(epochs=30, warmup_epochs=0.0, lr=1e-5, weight_decay=1e-8, min_lr=1e-7)
+
+
+class FinetuneParams(TrainParams):
+    builtin: RecipeParams = _FT_PAPER
+    paper: RecipeParams = _FT_PAPER
+    runs: dict[str, FinetuneRun] = Field(default_factory=_finetune_runs)
+
+
+class LaunchParams(Section):
+    """How a training stage starts its processes (pipeline/launch/)."""
+
+    # local: submitit LocalExecutor on this machine (SLURM arrives with the cluster issue).
+    launcher: Literal["local"] = "local"
+    tasks: int = Field(1, ge=1)  # processes = torch.distributed ranks
+    timeout_min: int = Field(24 * 60, ge=1)
+
+
 class Params(Section):
     profile: Literal["builtin", "paper"] = "builtin"
+    train: TrainParams = TrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+    launch: LaunchParams = LaunchParams()
+
+    @model_validator(mode="after")
+    def _finetune_sources(self):
+        for key, run in self.finetune.runs.items():
+            if run.init_from not in self.train.runs:
+                raise ValueError(f"finetune.runs.{key}.init_from: no train run {run.init_from!r} "
+                                 f"(known: {sorted(self.train.runs)})")
+        return self
 
 
 class ParamsError(ValueError):

@@ -1,0 +1,106 @@
+"""Run a function as N processes through submitit's LocalExecutor, and wire torch.distributed
+from submitit's JobEnvironment inside them.
+
+The same worker code runs under SLURM later: `distributed_env()` reads rank, world size and
+rendezvous from `submitit.JobEnvironment` (via submitit.helpers.TorchDistributedEnvironment),
+whichever executor started the process, and exports the env:// variables DeepSpeed reads.
+
+Orphans: if the launching process dies (for instance `dvc repro` is killed), the workers must not
+keep training and writing checkpoints behind the next run's back. Each worker watches the
+launcher's pid and exits when it is gone (`watch_launcher`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import submitit
+
+from pipeline.config import LaunchParams
+
+
+class LaunchError(RuntimeError):
+    """A task of the job failed; the message carries the tail of its log."""
+
+
+def distributed_env() -> dict:
+    """Export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the JobEnvironment; return them."""
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return {"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank,
+            "local_world_size": env.local_world_size, "master": f"{env.master_addr}:{env.master_port}"}
+
+
+def share_cpu_threads(local_world_size: int) -> int:
+    """Split this machine's cores between the local ranks (each rank otherwise takes them all)."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(1, local_world_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def watch_launcher(pid: int | None, interval_s: float = 1.0) -> None:
+    """Exit this process soon after process `pid` (the launcher) disappears."""
+    if not pid:
+        return
+
+    def _watch():
+        while True:
+            time.sleep(interval_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                print(f"launcher (pid {pid}) is gone; stopping this worker", file=sys.stderr, flush=True)
+                os._exit(3)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=_watch, name="watch-launcher", daemon=True).start()
+
+
+def _tail(path: Path, pos: int, sink) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+    except FileNotFoundError:
+        return pos
+    if data:
+        # only whole lines, so that a line is never split between two polls
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            sink.write(data[:cut].decode(errors="replace"))
+            sink.flush()
+        return pos + cut
+    return pos
+
+
+def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, name: str, echo=sys.stdout):
+    """Run fn(*args) as `launch.tasks` processes with LocalExecutor; echo rank 0's output while it
+    runs; return rank 0's result, or raise LaunchError with the failing task's log tail."""
+    if launch.launcher != "local":
+        raise ValueError(f"launch.launcher {launch.launcher!r} is not handled by run_local")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = submitit.LocalExecutor(folder=folder)
+    executor.update_parameters(tasks_per_node=launch.tasks, nodes=1, timeout_min=launch.timeout_min,
+                               gpus_per_node=0, name=name)
+    job = executor.submit(fn, *args)
+    tasks = [job.task(i) for i in range(launch.tasks)] if launch.tasks > 1 else [job]
+    out_pos = err_pos = 0
+    while not job.done():
+        out_pos = _tail(tasks[0].paths.stdout, out_pos, echo)
+        err_pos = _tail(tasks[0].paths.stderr, err_pos, sys.stderr)
+        time.sleep(0.5)
+    _tail(tasks[0].paths.stdout, out_pos, echo)
+    _tail(tasks[0].paths.stderr, err_pos, sys.stderr)
+    try:
+        results = job.results()
+    except Exception as err:  # noqa: BLE001 - submitit re-raises the task's failure
+        raise LaunchError(f"{name}: a training process failed:\n{err}") from None
+    return results[0]

@@ -1,0 +1,77 @@
+"""The training loop's view of the data: epoch-addressable training batches and evaluation sets.
+
+`ProjectData` wraps the loaders of pipeline.data (FFCV or torchvision over the conversion's
+manifest). The loop needs one thing they do not expose directly: to start *any* epoch, not only
+the next one, because a resumed run continues at the epoch it was killed in. `epoch_batches`
+does that for both backends so that a given (seed, epoch) always yields the same order:
+FFCV derives its order from (seed, `next_epoch`); for torchvision the shuffling generator is
+reseeded from (seed, epoch) and a distributed sampler gets `set_epoch`.
+
+Augmentation draws are reproducible only on the torchvision backend without worker processes
+(the transforms then draw from the main process RNGs, which checkpoints restore). FFCV's
+numba-compiled crops and worker threads draw from unseeded per-thread generators, so there a
+resumed run restores weights, optimiser, schedule and data order exactly, but not the crops.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+
+from pipeline.config import Params
+
+
+class TrainData(Protocol):
+    num_classes: int
+
+    def train(self, micro_batch: int, seed: int, world_size: int) -> object: ...
+
+    def evaluation(self, split: str, batch: int) -> object | None: ...
+
+
+def epoch_batches(batches, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate the batches of `epoch` (0-based) of a pipeline.data `Batches` (or a plain iterable)."""
+    if hasattr(batches, "backend"):
+        if batches.backend == "ffcv":
+            batches.loader.next_epoch = epoch
+        else:
+            gen = getattr(batches.loader, "generator", None)
+            if gen is not None:
+                gen.manual_seed(seed * 100_003 + epoch)
+        batches._epoch = epoch  # Batches.__iter__ hands it to the distributed sampler's set_epoch
+    elif hasattr(batches, "set_epoch"):
+        batches.set_epoch(epoch)
+    return iter(batches)
+
+
+class ProjectData:
+    """Train / val / V2 batches of the converted dataset (data/ffcv/manifest.json)."""
+
+    def __init__(self, params: Params, img_size: int, ffcv_dir: str | Path, backend: str | None = None,
+                 num_workers: int | None = None):
+        from pipeline.data.manifest import load_manifest
+
+        self.params = params
+        self.img_size = img_size
+        self.ffcv_dir = Path(ffcv_dir)
+        self.backend = backend
+        self.num_workers = num_workers
+        manifest = load_manifest(self.ffcv_dir)
+        self.num_classes = len(manifest["classes"])
+        self.splits = set(manifest["splits"])
+
+    def train(self, micro_batch: int, seed: int, world_size: int):
+        from pipeline.data.loaders import build_train_loader
+
+        return build_train_loader(self.params, self.img_size, micro_batch, ffcv_dir=self.ffcv_dir,
+                                  backend=self.backend, num_workers=self.num_workers, seed=seed,
+                                  distributed=world_size > 1, drop_last=True)
+
+    def evaluation(self, split: str, batch: int):
+        from pipeline.data.loaders import build_val_loader
+
+        if split not in self.splits:
+            return None
+        return build_val_loader(self.params, self.img_size, batch, split=split, ffcv_dir=self.ffcv_dir,
+                                backend=self.backend, num_workers=self.num_workers)

@@ -1,0 +1,113 @@
+"""DeepSpeed initialisation: the engine drives backward, gradient reduction (ZeRO), clipping and
+the optimiser step; our own loop (pipeline.train.loop) drives everything else.
+
+The optimiser is torch's AdamW with timm's parameter groups (no weight decay on norms, biases and
+the model's `no_weight_decay()` names), handed to DeepSpeed as a client optimiser, so that
+plain PyTorch and DeepSpeed run the same update (bench/train_step.py compares them).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from pipeline.config import RecipeParams
+
+
+class BatchLayoutError(ValueError):
+    """The global batch cannot be split into micro-batches over the ranks."""
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    global_batch: int
+    micro_batch: int  # per rank per forward/backward
+    accumulation: int
+    world_size: int
+
+
+def batch_layout(recipe: RecipeParams, world_size: int) -> BatchLayout:
+    per_step = recipe.micro_batch_size * world_size
+    if recipe.batch_size % per_step:
+        raise BatchLayoutError(
+            f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size "
+            f"{recipe.micro_batch_size} x {world_size} ranks = {per_step}")
+    return BatchLayout(recipe.batch_size, recipe.micro_batch_size, recipe.batch_size // per_step, world_size)
+
+
+def scaled_lr(recipe: RecipeParams) -> float:
+    """Linear scaling rule (Goyal et al.; DeiT and Swin scale lr with the global batch likewise)."""
+    return recipe.lr * recipe.batch_size / recipe.lr_reference_batch
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix units on this CPU (AVX512-BF16 or AMX), as oneDNN reports them."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """'fp32' or 'bf16'. auto: bf16 on GPU; on CPU bf16 autocast only where the processor has
+    native bf16 (otherwise emulated bf16 is slower than fp32)."""
+    if requested != "auto":
+        if requested == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            raise ValueError("precision 'bf16' requested but this CPU has no native bf16 (avx512_bf16/amx)")
+        return requested
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def deepspeed_config(recipe: RecipeParams, layout: BatchLayout, device: torch.device, precision: str) -> dict:
+    zero = {"stage": recipe.zero_stage}
+    if recipe.zero_stage in (1, 2):
+        # contiguous gradient buffers; overlap_comm only helps with CUDA streams.
+        zero.update(contiguous_gradients=True, overlap_comm=device.type == "cuda",
+                    reduce_scatter=True, allgather_bucket_size=int(5e8), reduce_bucket_size=int(5e8))
+    return {
+        "train_batch_size": layout.global_batch,
+        "train_micro_batch_size_per_gpu": layout.micro_batch,
+        "gradient_accumulation_steps": layout.accumulation,
+        "gradient_clipping": recipe.clip_grad or 0.0,
+        "zero_optimization": zero,
+        # On GPU DeepSpeed keeps bf16 weights with fp32 master copies. On CPU the weights stay
+        # fp32 and the loop autocasts the forward to bf16 instead (pipeline.train.loop).
+        "bf16": {"enabled": device.type == "cuda" and precision == "bf16"},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_optimizer(model: nn.Module, recipe: RecipeParams) -> torch.optim.Optimizer:
+    return create_optimizer_v2(model, opt="adamw", lr=scaled_lr(recipe), weight_decay=recipe.weight_decay,
+                               betas=tuple(recipe.betas), eps=recipe.eps)
+
+
+def init_distributed(device: torch.device) -> None:
+    """torch.distributed from the env:// variables (exported from submitit's JobEnvironment by
+    pipeline.launch); gloo on CPU, NCCL on GPU."""
+    import deepspeed
+
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if var not in os.environ:
+            raise RuntimeError(f"{var} is not set: start training through pipeline.launch "
+                               "(submitit), which exports the rendezvous from the JobEnvironment")
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False, verbose=False)
+
+
+def build_engine(model: nn.Module, recipe: RecipeParams, layout: BatchLayout, device: torch.device,
+                 precision: str):
+    """DeepSpeed engine wrapping the model and its AdamW; returns (engine, optimizer)."""
+    import deepspeed
+
+    optimizer = build_optimizer(model, recipe)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(recipe, layout, device, precision),
+        dist_init_required=False)
+    return engine, optimizer

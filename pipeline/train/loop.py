@@ -1,0 +1,245 @@
+"""Our own plain training loop around the DeepSpeed engine.
+
+Per micro-batch: the EMA teacher's probability maps of the unmixed batch, timm Mixup/CutMix, the
+EMA-distillation target (pipeline.train.ema_distill), forward, soft-target cross-entropy, a
+finiteness check, `engine.backward`, `engine.step` (DeepSpeed accumulates, reduces, clips and
+steps at the accumulation boundary). Per optimiser step: learning rate, EMA update, progress line,
+periodic checkpoint. Per epoch: validation Top-1, a curve row, a checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from timm.loss import SoftTargetCrossEntropy
+
+from pipeline.config import RecipeParams
+
+from .checkpoint import CheckpointStore, set_rng_state
+from .data import epoch_batches
+from .ema_distill import EmaTeacher, distill_target, teacher_target
+from .engine import BatchLayout
+from .evaluate import accuracy, autocast
+from .mixing import RecordingMixup
+from .progress import Progress, fmt_eta, log
+from .schedule import build_scheduler, current_lr
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if _world()[1] > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def build_mixup(recipe: RecipeParams, num_classes: int) -> RecordingMixup:
+    m = recipe.mix
+    mixup = RecordingMixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob,
+                           switch_prob=m.switch_prob, mode="batch", label_smoothing=m.label_smoothing,
+                           num_classes=num_classes)
+    # timm asserts when asked to mix with both alphas at 0; "no mixing" is a valid recipe here.
+    mixup.mixup_enabled = m.prob > 0 and (m.mixup_alpha > 0 or m.cutmix_alpha > 0)
+    return mixup
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # the epoch in progress (0-based)
+    micro_in_epoch: int = 0  # micro-batches of that epoch already trained
+    step: int = 0  # optimiser steps done
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+
+    def client_state(self) -> dict:
+        return {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "step": self.step,
+                "history": self.history}
+
+    @classmethod
+    def from_client_state(cls, s: dict) -> "LoopState":
+        return cls(s["epoch"], s["micro_in_epoch"], s["step"], list(s["history"]))
+
+
+class Trainer:
+    def __init__(self, *, name: str, engine, optimizer, teacher: EmaTeacher, recipe: RecipeParams,
+                 layout: BatchLayout, train_batches, val_batches, num_classes: int, seed: int,
+                 device: torch.device, precision: str, store: CheckpointStore, base_lr: float,
+                 on_epoch=None):
+        self.name = name
+        self.engine = engine
+        self.optimizer = optimizer
+        self.teacher = teacher
+        self.recipe = recipe
+        self.layout = layout
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+        self.seed = seed
+        self.device = device
+        self.precision = precision
+        self.store = store
+        self.on_epoch = on_epoch  # callback(row) on rank 0 after each epoch (MLflow)
+        self.rank, self.world = _world()
+        self.mixup = build_mixup(recipe, num_classes)
+        self.criterion = SoftTargetCrossEntropy()
+        self.distill = recipe.ema.alpha < 1.0
+        micro_per_epoch = len(train_batches)
+        self.steps_per_epoch = micro_per_epoch // layout.accumulation
+        if recipe.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, recipe.max_steps_per_epoch)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{micro_per_epoch} micro-batches of {layout.micro_batch} per rank per epoch is less "
+                             f"than one optimiser step ({layout.accumulation} accumulation steps): the training "
+                             f"set is too small for batch_size {layout.global_batch}")
+        self.micro_per_epoch = self.steps_per_epoch * layout.accumulation  # only whole optimiser steps
+        self.total_steps = recipe.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(optimizer, recipe, self.steps_per_epoch, base_lr)
+        self.state = LoopState()
+        self.last_tag: str | None = None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def resume(self) -> bool:
+        tag = self.store.prepare(log=log if self.rank == 0 else (lambda *_: None))
+        if tag is None:
+            return False
+        client, ema_state = self.store.load(self.engine, tag)
+        self.state = LoopState.from_client_state(client)
+        self._rng_to_restore = client["_rng"]
+        if ema_state is not None:
+            self.teacher.load_state_dict(ema_state)
+        self.scheduler.step_update(self.state.step)
+        self.last_tag = tag
+        if self.rank == 0:
+            log(f"[{self.name}] resuming from checkpoint {tag}: epoch {self.state.epoch + 1}, "
+                f"step {self.state.step}/{self.total_steps}")
+        return True
+
+    def save(self) -> None:
+        self.last_tag = self.store.save(self.engine, self.state.step, self.state.client_state(),
+                                        self.teacher.state_dict())
+
+    # -- training -------------------------------------------------------------------------------
+    def _seed_epoch(self, epoch: int) -> None:
+        # Each epoch starts from RNG states fixed by (seed, rank, epoch), independent of history,
+        # so a resumed run can rebuild the epoch's data iterator exactly.
+        import random
+
+        import numpy as np
+
+        s = (self.seed * 1_000_003 + epoch * 1_009 + self.rank) % 2**31
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
+    def _check_finite(self, loss: torch.Tensor, micro: int) -> None:
+        bad = 0.0 if math.isfinite(float(loss)) else 1.0
+        if _all_sum([bad])[0] > 0:
+            where = (f"optimiser step {self.state.step + 1} (epoch {self.state.epoch + 1}, micro-batch "
+                     f"{micro + 1}/{self.micro_per_epoch})")
+            kept = f"last good checkpoint: {self.store.root / self.last_tag}" if self.last_tag else \
+                "no checkpoint was written yet"
+            raise NonFiniteLossError(f"[{self.name}] loss is {float(loss)} (not finite) at {where}; "
+                                     f"stopping. {kept}")
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> float:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.distill:
+            with autocast(self.device, self.precision):
+                probs = self.teacher.prob_map(x)  # unmixed x_a (and x_b = its reverse)
+        x, y_tilde, info = self.mixup(x, y)
+        target = y_tilde
+        if self.distill:
+            target = distill_target(y_tilde, teacher_target(probs, info, tuple(x.shape[-2:])), self.recipe.ema.alpha)
+        with autocast(self.device, self.precision):
+            logits = self.engine(x)
+        loss = self.criterion(logits.float(), target)
+        self._check_finite(loss, micro)
+        self.engine.backward(loss)
+        self.engine.step()
+        return float(loss)
+
+    def fit(self) -> list[dict]:
+        resumed = self.resume()
+        rng = getattr(self, "_rng_to_restore", None)
+        progress = Progress(self.name, self.total_steps, self.layout.global_batch, self.state.step)
+        log_every = self.recipe.log_every_steps
+        ckpt_every = self.recipe.checkpoint_every_steps
+        if self.rank == 0 and not resumed:
+            log(f"[{self.name}] {self.recipe.epochs} epochs x {self.steps_per_epoch} steps, global batch "
+                f"{self.layout.global_batch} = {self.layout.micro_batch} x {self.layout.accumulation} accumulation "
+                f"x {self.world} ranks, precision {self.precision}, ZeRO stage {self.recipe.zero_stage}")
+        self.engine.train()
+        while self.state.epoch < self.recipe.epochs:
+            epoch = self.state.epoch
+            skip = self.state.micro_in_epoch
+            self._seed_epoch(epoch)
+            if skip == 0:  # an epoch boundary: the epoch seeding above is what an uninterrupted run used
+                rng = None
+            it = epoch_batches(self.train_batches, epoch, self.seed)
+            loss_sum, loss_n, images, t_train = 0.0, 0, 0, 0.0
+            for micro, (x, y) in enumerate(it):
+                if micro >= self.micro_per_epoch:
+                    break
+                if micro < skip:  # trained before the interruption; drawn only to keep the order
+                    continue
+                if rng is not None:  # mid-epoch resume: the RNG states the checkpoint was taken with
+                    set_rng_state(rng)
+                    rng = None
+                t0 = time.perf_counter()
+                loss = self.train_step(x, y, micro)
+                t_train += time.perf_counter() - t0
+                loss_sum, loss_n, images = loss_sum + loss, loss_n + 1, images + len(y)
+                progress.count(len(y) * self.world)
+                self.state.micro_in_epoch = micro + 1
+                if (micro + 1) % self.layout.accumulation:
+                    continue
+                self.state.step += 1
+                self.scheduler.step_update(self.state.step)
+                self.teacher.update(self.engine.module, self.state.step)
+                if self.rank == 0 and (self.state.step % log_every == 0):
+                    log(progress.line(epoch, self.recipe.epochs, self.state.step, loss,
+                                      current_lr(self.optimizer)))
+                if self.state.step % ckpt_every == 0 and self.state.micro_in_epoch < self.micro_per_epoch:
+                    self.save()
+            row = self._end_epoch(epoch, loss_sum, loss_n, images, t_train, progress)
+            self.state.history.append(row)
+            self.state.epoch, self.state.micro_in_epoch = epoch + 1, 0
+            self.save()
+            if self.rank == 0 and self.on_epoch is not None:
+                self.on_epoch(row)
+        return self.state.history
+
+    def _end_epoch(self, epoch, loss_sum, loss_n, images, t_train, progress) -> dict:
+        loss_sum, loss_n, images, t_max = _all_sum([loss_sum, loss_n, images, t_train])
+        row = {"epoch": epoch + 1, "step": self.state.step,
+               "loss": loss_sum / loss_n if loss_n else float("nan"),
+               "lr": current_lr(self.optimizer),
+               "img_per_s": images / (t_max / self.world) if t_max > 0 else 0.0}
+        val_top1 = float("nan")
+        if self.rank == 0 and self.val_batches is not None:
+            val_top1 = accuracy(self.engine.module, self.val_batches, self.device, self.precision).top1
+        row["val_top1"] = _broadcast(val_top1)
+        if self.rank == 0:
+            log(f"[{self.name}] epoch {epoch + 1}/{self.recipe.epochs} done: loss {row['loss']:.4f} "
+                f"val top-1 {row['val_top1']:.2f}% {row['img_per_s']:.1f} img/s "
+                f"ETA {fmt_eta(progress.eta(self.state.step))}")
+        return row
+
+
+def _broadcast(value: float) -> float:
+    if _world()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t[0])

@@ -1,0 +1,278 @@
+"""One whole training run: what a DVC training stage does, inside each submitit task.
+
+`RunSpec` is everything a run needs (picklable, built by `make_spec` from params.yaml);
+`train_worker(spec)` is the function submitit runs once per rank: distributed set-up from the
+JobEnvironment, model, EMA teacher, DeepSpeed engine, data, resume, the loop, then (rank 0) the
+final evaluation of student and teacher, the weights, metrics json, curves and the MLflow run.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import Params, RecipeParams, TrainRun
+
+METRIC_KEYS = ("top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "params_m", "gflops", "throughput")
+EXPERIMENTS = {"train": "table2-imagenet", "finetune": "table3-imagenet-768"}
+
+
+@dataclass
+class RunSpec:
+    kind: str  # "train" | "finetune"
+    key: str  # the run's key under train.runs / finetune.runs, e.g. hiri_s_448
+    params: Params
+    repo_root: Path
+    ffcv_dir: Path
+    out_dir: Path  # final weights: <out_dir>/model.pt (the DVC out)
+    ckpt_dir: Path  # checkpoints, outside the DVC out so that `dvc repro` does not wipe them
+    metrics_file: Path
+    plots_file: Path
+    init_weights: Path | None = None  # fine-tuning: the 448 run's model.pt
+    launcher_pid: int | None = None
+    git_commit: str = "unknown"
+    # "module:function" returning a pipeline.train.data.TrainData; tests use small in-memory sets
+    data_factory: str | None = None
+    data_overrides: dict = field(default_factory=dict)  # backend / num_workers for ProjectData
+
+    @property
+    def stage(self) -> str:
+        return f"{self.kind}_{self.key}"
+
+    @property
+    def recipe(self) -> RecipeParams:
+        section = self.params.train if self.kind == "train" else self.params.finetune
+        return section.recipe(self.params.profile)
+
+    @property
+    def run(self) -> TrainRun:
+        section = self.params.train if self.kind == "train" else self.params.finetune
+        return section.run(self.key)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.run.model}@{self.run.img_size}"
+
+    def fingerprint(self) -> dict:
+        """What the checkpoints depend on: resuming under anything else would be wrong."""
+        fp = {"recipe": self.recipe.model_dump(mode="json"), "run": self.run.model_dump(mode="json"),
+              "data": self.params.data.model_dump(mode="json"), "tasks": self.params.launch.tasks,
+              "profile": self.params.profile, "data_factory": self.data_factory,
+              "data_overrides": self.data_overrides}
+        if self.init_weights is not None:
+            fp["init_sha256"] = _sha256(self.init_weights)
+        return fp
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_data(spec: RunSpec):
+    if spec.data_factory:
+        module, _, fn = spec.data_factory.partition(":")
+        return getattr(importlib.import_module(module), fn)(spec)
+    from .data import ProjectData
+
+    return ProjectData(spec.params, spec.run.img_size, spec.ffcv_dir, **spec.data_overrides)
+
+
+def build_model(spec: RunSpec, num_classes: int):
+    import timm
+
+    import pipeline.models  # noqa: F401 - registers hiri_vit_* with timm
+
+    run, recipe = spec.run, spec.recipe
+    model = timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes,
+                              drop_path_rate=run.drop_path_rate * recipe.drop_path_scale)
+    if spec.init_weights is not None:
+        state = torch.load(spec.init_weights, map_location="cpu", weights_only=False)
+        if state.get("num_classes") != num_classes:
+            raise ValueError(f"{spec.init_weights}: {state.get('num_classes')} classes, this data has {num_classes}")
+        missing, unexpected = model.load_state_dict(state["student"], strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{spec.init_weights} does not fit {run.model}@{run.img_size}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return model
+
+
+def train_worker(spec: RunSpec) -> dict | None:
+    """The body of one rank. Returns the final metrics on rank 0, None elsewhere."""
+    from pipeline.launch.local import distributed_env, share_cpu_threads, watch_launcher
+
+    from .checkpoint import CheckpointStore, atomic_torch_save
+    from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
+    from .ema_distill import EmaTeacher
+    from .loop import Trainer
+    from .progress import log
+
+    watch_launcher(spec.launcher_pid)
+    env = distributed_env()
+    rank, world = env["rank"], env["world_size"]
+    device = torch.device("cuda", env["local_rank"]) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cpu":
+        share_cpu_threads(env["local_world_size"])
+    else:
+        torch.cuda.set_device(device)
+    init_distributed(device)
+    recipe, run = spec.recipe, spec.run
+    precision = resolve_precision(recipe.precision, device)
+    layout = batch_layout(recipe, world)
+    _seed_all(run.seed)  # same initial weights on every rank
+
+    data = build_data(spec)
+    model = build_model(spec, data.num_classes).to(device)
+    teacher = EmaTeacher(model, decay=recipe.ema.decay, warmup=recipe.ema.warmup)
+    engine, optimizer = build_engine(model, recipe, layout, device, precision)
+    train_batches = data.train(layout.micro_batch, run.seed, world)
+    val = data.evaluation("val", recipe.eval_batch_size) if rank == 0 else None
+    store = CheckpointStore(spec.ckpt_dir, spec.fingerprint(), recipe.keep_checkpoints, rank)
+
+    tracker = None
+    if rank == 0:
+        tracker = _open_tracker(spec, log)
+    trainer = Trainer(name=spec.stage, engine=engine, optimizer=optimizer, teacher=teacher, recipe=recipe,
+                      layout=layout, train_batches=train_batches, val_batches=val, num_classes=data.num_classes,
+                      seed=run.seed, device=device, precision=precision, store=store, base_lr=scaled_lr(recipe),
+                      on_epoch=(lambda row: tracker.log_metrics(_curve_metrics(row), step=row["step"]))
+                      if tracker else None)
+    try:
+        history = trainer.fit()
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+
+    result = None
+    if rank == 0:
+        student = engine.module
+        metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log)
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"student": student.state_dict(), "ema": teacher.state_dict(), "model": run.model,
+                           "img_size": run.img_size, "num_classes": data.num_classes, "stage": spec.stage},
+                          spec.out_dir / "model.pt")
+        write_outputs(spec, metrics, history)
+        if tracker is not None:
+            tracker.log_metrics(metrics, step=trainer.state.step)
+            for path in _plot_artifacts(spec, history):
+                tracker.log_artifact(path)
+            tracker.log_artifact(spec.metrics_file)
+            tracker.finish()
+        log(f"[{spec.stage}] done: " + ", ".join(f"{k} {metrics[k]:.2f}" for k in METRIC_KEYS))
+        result = metrics
+    store.clear()  # the final weights are written: a rerun starts afresh
+    _close_run_id(spec)
+    return result
+
+
+def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log) -> dict:
+    from .evaluate import accuracy, count_params_m, gflops, throughput
+
+    out: dict[str, float] = {}
+    for split, prefix_keys in (("val", ("top1", "top5")), ("v2", ("v2_top1",))):
+        batches = data.evaluation(split, recipe.eval_batch_size)
+        for who, model in (("", student), ("ema_", teacher)):
+            if batches is None:
+                for k in prefix_keys:
+                    out[who + k] = float("nan")
+                continue
+            acc = accuracy(model, batches, device, precision)
+            out[who + prefix_keys[0]] = acc.top1
+            if len(prefix_keys) > 1:
+                out[who + prefix_keys[1]] = acc.top5
+            log(f"  {who or 'student '}{split}: top-1 {acc.top1:.2f}%, top-5 {acc.top5:.2f}% ({acc.images} images)")
+    out["params_m"] = count_params_m(student)
+    out["gflops"] = gflops(student, img_size)
+    out["throughput"] = throughput(student, img_size, recipe.throughput_batch, recipe.throughput_iters, device)
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+def _curve_metrics(row: dict) -> dict:
+    return {"train_loss": row["loss"], "lr": row["lr"], "val_top1": row["val_top1"],
+            "images_per_s": row["img_per_s"], "epoch": row["epoch"]}
+
+
+def write_outputs(spec: RunSpec, metrics: dict, history: list[dict]) -> None:
+    from .checkpoint import atomic_write_text
+
+    clean = {k: (None if v != v else round(float(v), 4)) for k, v in metrics.items()}  # NaN -> null
+    atomic_write_text(spec.metrics_file, json.dumps(clean, indent=2) + "\n")
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in history]
+    atomic_write_text(spec.plots_file, json.dumps(rows, indent=2) + "\n")
+
+
+def _plot_artifacts(spec: RunSpec, history: list[dict]) -> list[Path]:
+    paths = [spec.plots_file]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        epochs = [r["epoch"] for r in history]
+        for ax, key, title in zip(axes, ("loss", "val_top1", "lr"), ("train loss", "val Top-1 (%)", "learning rate")):
+            ax.plot(epochs, [r[key] for r in history], marker="o")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+        fig.suptitle(spec.stage)
+        fig.tight_layout()
+        png = spec.ckpt_dir.parent / f"{spec.stage}_curves.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=80)
+        plt.close(fig)
+        paths.append(png)
+    except Exception as err:  # noqa: BLE001 - a plot is a nicety, never a failure
+        print(f"could not render the curves png: {err}")
+    return paths
+
+
+def _run_id_file(spec: RunSpec) -> Path:
+    return spec.ckpt_dir.parent / f"{spec.stage}.mlflow_run_id"
+
+
+def _open_tracker(spec: RunSpec, log):
+    from pipeline.tracking.mlflow_run import Tracker, flatten
+
+    id_file = _run_id_file(spec)
+    # a resumed run continues the MLflow run of the killed one, so its curves stay in one place
+    resume_id = id_file.read_text().strip() if id_file.is_file() and spec.ckpt_dir.is_dir() else None
+    tags = {"git_commit": spec.git_commit, "dvc_stage": spec.stage, "profile": spec.params.profile}
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
+        if os.environ.get(var):
+            tags[var.lower()] = os.environ[var]
+    tracker = Tracker(EXPERIMENTS[spec.kind], spec.run_name, tags, run_id=resume_id, warn=log)
+    run_id = tracker.start()
+    if run_id is not None:
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+        if run_id != resume_id:
+            p = spec.params
+            section = p.train if spec.kind == "train" else p.finetune
+            tracker.log_params(flatten({"profile": p.profile, "recipe": spec.recipe.model_dump(mode="json"),
+                                        "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
+                                        "launch": p.launch.model_dump(mode="json"),
+                                        "data": p.data.model_dump(mode="json"),
+                                        "section": "train" if section is p.train else "finetune"}))
+    return tracker
+
+
+def _close_run_id(spec: RunSpec) -> None:
+    _run_id_file(spec).unlink(missing_ok=True)

@@ -1,0 +1,51 @@
+"""Training stages: `python -m stages.train <run>` pretrains (DVC stage train_<run>);
+`python -m stages.train --finetune <run>` fine-tunes (DVC stage finetune_<run>).
+
+<run> is a key of train.runs / finetune.runs in params.yaml, e.g. hiri_s_448 or hiri_s_768.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="run key, e.g. hiri_s_448")
+    ap.add_argument("--finetune", action="store_true", help="a fine-tuning run (finetune.runs)")
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+
+    from pipeline.config import ParamsError, load_params
+    from pipeline.train.stage import StageError, make_spec, run_stage
+
+    try:
+        params = load_params(args.params)  # validated before anything launches
+        spec = make_spec(params, "finetune" if args.finetune else "train", args.run)
+        _check_data(params)
+    except (ParamsError, StageError, KeyError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_stage(spec)
+    return 0
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _check_data(params) -> None:
+    """The dataset paths (profile paper) and the conversion's manifest, before launching."""
+    from pipeline.data.manifest import load_manifest
+    from pipeline.data.sources import FFCV_DIR, resolve_sources
+
+    resolve_sources(params)
+    load_manifest(FFCV_DIR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
