@@ -19,6 +19,85 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- data (issue 3): built-in set, FFCV conversion, loaders ---------------------------------
+
+
+class BuiltinDataParams(Section):
+    """The generated dataset used when no real dataset path is set (see pipeline/data/builtin.py)."""
+
+    seed: int = 0
+    num_classes: int = Field(10, ge=2, le=1000)
+    train_per_class: int = Field(80, ge=1)
+    val_per_class: int = Field(20, ge=1)
+    v2_per_class: int = Field(10, ge=1)
+    # Image sides are drawn uniformly in [min_side, max_side] (width and height separately).
+    min_side: int = Field(448, ge=64)
+    max_side: int = Field(576, ge=64)
+    # JPEG quality drawn per image in [lo, hi], so files vary like real photographs do.
+    jpeg_quality: tuple[int, int] = (80, 95)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
+        lo, hi = self.jpeg_quality
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(f"jpeg_quality {self.jpeg_quality} must satisfy 1 <= lo <= hi <= 100")
+        return self
+
+
+class ConvertParams(Section):
+    """FFCV writer settings (pipeline/data/convert.py)."""
+
+    # One beton set per maximum side; a loader at resolution r uses the smallest set whose
+    # max side >= r / val_crop_pct (so the centre crop is never upsampled from a shrunk copy).
+    max_sides: list[int] = Field(default_factory=lambda: [512, 896], min_length=1)
+    write_mode: Literal["raw", "jpg", "smart", "proportion"] = "proportion"
+    compress_probability: float = Field(0.5, ge=0.0, le=1.0)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    num_workers: int = Field(2, ge=1)
+    chunk_size: int = Field(100, ge=1)
+    # A split with more unreadable files than this fraction fails the conversion.
+    max_unreadable_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sides(self):
+        bad = [s for s in self.max_sides if s < 32]
+        if bad or len(set(self.max_sides)) != len(self.max_sides):
+            raise ValueError(f"max_sides {self.max_sides} must be distinct sides >= 32")
+        return self
+
+
+class LoaderParams(Section):
+    """Training and validation input pipelines (pipeline/data/loaders.py)."""
+
+    backend: Literal["ffcv", "torchvision"] = "ffcv"
+    num_workers: int = Field(2, ge=0)
+    os_cache: bool = True  # FFCV: page cache (shared by processes) rather than a private copy
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    train_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    re_prob: float = Field(0.25, ge=0.0, le=1.0)
+    re_mode: Literal["const", "rand", "pixel"] = "pixel"
+    re_count: int = Field(1, ge=1)
+    val_crop_pct: float = Field(0.875, gt=0.0, le=1.0)
+    val_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class DataParams(Section):
+    # Real dataset roots. null = use the built-in generated set (profile builtin only;
+    # profile paper requires both, checked by pipeline.data.sources.resolve_sources).
+    imagenet: str | None = None  # ImageNet-1K root holding train/<wnid>/ and val/<wnid>/
+    imagenet_v2: str | None = None  # ImageNet-V2 matched-frequency root holding <class index>/
+    builtin: BuiltinDataParams = BuiltinDataParams()
+    convert: ConvertParams = ConvertParams()
+    loader: LoaderParams = LoaderParams()
+
+
 # --- training (issue 4): recipes per profile, one block per DVC stage, launching -----------------
 # The values live in params.yaml, with the source of each choice; the defaults here only mirror
 # the paper recipe so that a params file without these sections still validates.
@@ -146,6 +225,7 @@ class LaunchParams(Section):
 
 class Params(Section):
     profile: Literal["builtin", "paper"] = "builtin"
+    data: DataParams = DataParams()
     train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     launch: LaunchParams = LaunchParams()

@@ -1,0 +1,196 @@
+"""The paper's input pipelines (Section 5.1, the DeiT / Swin recipe), built from timm's code.
+
+Training: RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) -> horizontal flip (p 0.5) ->
+RandAugment rand-m9-mstd0.5-inc1 -> normalise -> Random Erasing (p 0.25, per-pixel noise).
+Mixup / CutMix act on whole batches and live in the training step, not here.
+
+Validation: resize the shorter side to resolution / crop_pct, centre crop resolution. crop_pct is
+0.875 (= 224/256), the ratio of DeiT's and PVTv2's evaluation (`eval_crop_ratio=0.875`) and
+Swin's `TEST.CROP` (resize to 256/224 x size, centre crop), i.e. the recipes the paper follows;
+it is kept at every resolution (448 -> resize 512, crop 448) as those recipes do.
+
+The torchvision backend runs the timm transforms as they are. The FFCV backend replaces the
+first step (crop, resize, flip) by FFCV's compiled decoders, then runs *the same* timm
+RandAugment object on each image, and timm's RandomErasing, which also draws per image.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from timm.data import create_transform
+from timm.data.random_erasing import RandomErasing
+
+from pipeline.config import LoaderParams
+
+
+def timm_train_parts(cfg: LoaderParams, resolution: int):
+    """timm's training transform in its three parts: (crop+flip, RandAugment, tensor+norm+erase)."""
+    return create_transform(
+        input_size=resolution, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip, vflip=0.0, auto_augment=cfg.auto_augment, interpolation=cfg.train_interpolation,
+        mean=tuple(cfg.mean), std=tuple(cfg.std), re_prob=cfg.re_prob, re_mode=cfg.re_mode,
+        re_count=cfg.re_count, separate=True)
+
+
+def train_transform(cfg: LoaderParams, resolution: int) -> Callable:
+    """PIL image -> normalised CHW float tensor, the whole training recipe (torchvision backend)."""
+    from torchvision import transforms
+
+    primary, secondary, final = timm_train_parts(cfg, resolution)
+    return transforms.Compose([*primary.transforms, *patch_rand_augment(secondary).transforms, *final.transforms])
+
+
+def val_transform(cfg: LoaderParams, resolution: int) -> Callable:
+    """PIL image -> normalised CHW float tensor: resize to resolution / crop_pct, centre crop."""
+    return create_transform(
+        input_size=resolution, is_training=False, crop_pct=cfg.val_crop_pct, crop_mode="center",
+        interpolation=cfg.val_interpolation, mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    # timm's PosterizeIncreasing reaches 0 bits at magnitude 10 (m9 with mstd 0.5 gets there in
+    # about 2 % of draws); Pillow < 11 turned that into a black image, Pillow >= 11 raises
+    # ValueError. Clearing every bit by hand keeps timm's intended result on any Pillow.
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def patch_rand_augment(transform):
+    """Make timm's RandAugment ops safe on new Pillow (see _posterize); returns `transform`."""
+    for t in getattr(transform, "transforms", [transform]):
+        for op in getattr(t, "ops", []):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
+    return transform
+
+
+def rand_augment(cfg: LoaderParams, resolution: int) -> Callable | None:
+    """timm's RandAugment object for this recipe (PIL -> PIL), or None when disabled."""
+    _, secondary, _ = timm_train_parts(cfg, resolution)
+    return patch_rand_augment(secondary) if len(secondary.transforms) else None
+
+
+def random_erasing(cfg: LoaderParams) -> RandomErasing | None:
+    if cfg.re_prob <= 0:
+        return None
+    return RandomErasing(cfg.re_prob, mode=cfg.re_mode, max_count=cfg.re_count, device="cpu")
+
+
+# --- FFCV operations ----------------------------------------------------------------------------
+
+def ffcv_per_image_pil(transform: Callable, threads: int):
+    """An FFCV Operation that applies a PIL transform to every image of a batch on its own.
+
+    FFCV's own augmentations are numba-compiled; timm's RandAugment is Python over PIL, so it
+    runs in a non-compiled stage. Each image gets its own call, hence its own random draws.
+    Pillow releases the GIL inside its image operations, so a small thread pool spreads the
+    batch over the cores that the compiled decoding stage uses the rest of the time.
+    """
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.operation import Operation
+
+    class PerImagePIL(Operation):
+        def __init__(self):
+            super().__init__()
+            self.transform = transform
+            self.threads = max(1, threads)
+
+        def generate_code(self) -> Callable:
+            tf = self.transform
+            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ffcv-pil") if self.threads > 1 else None
+
+            def per_image(images: np.ndarray, dst: np.ndarray) -> np.ndarray:
+                n = images.shape[0]
+
+                def one(i: int) -> None:
+                    dst[i] = np.asarray(tf(Image.fromarray(images[i])))
+
+                if pool is None:
+                    for i in range(n):
+                        one(i)
+                else:
+                    list(pool.map(one, range(n)))
+                return dst[:n]
+
+            return per_image
+
+        def declare_state_and_memory(self, previous_state):
+            return (replace(previous_state, jit_mode=False),
+                    AllocationQuery(previous_state.shape, previous_state.dtype))
+
+    return PerImagePIL()
+
+
+def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None):
+    """An FFCV Operation running a torch function on the whole (CPU) batch tensor."""
+    from ffcv.pipeline.operation import Operation
+
+    class TorchOp(Operation):
+        def generate_code(self) -> Callable:
+            def run(x, _):
+                return fn(x)
+
+            return run
+
+        def declare_state_and_memory(self, previous_state):
+            return replace(previous_state, jit_mode=False, dtype=dtype or previous_state.dtype), None
+
+    return TorchOp()
+
+
+def normalizer(cfg: LoaderParams) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 NCHW -> float32 (x / 255 - mean) / std, as timm's ToTensor + Normalize."""
+    scale = 1.0 / (255.0 * torch.tensor(cfg.std).view(1, 3, 1, 1))
+    shift = (torch.tensor(cfg.mean) / torch.tensor(cfg.std)).view(1, 3, 1, 1)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return x.float().mul_(scale).sub_(shift)
+
+    return normalize
+
+
+def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int) -> list:
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    ops = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=tuple(cfg.scale), ratio=tuple(cfg.ratio))]
+    if cfg.hflip > 0:
+        ops.append(RandomHorizontalFlip(cfg.hflip))
+    ra = rand_augment(cfg, resolution)
+    if ra is not None:
+        ops.append(ffcv_per_image_pil(ra, threads))
+    # Everything after the Python RandAugment stays outside numba: FFCV 1.0.2's stage grouping
+    # (Graph.group_operations) loops forever when a compiled op follows a Python one, so the
+    # normalisation is torch here rather than FFCV's compiled NormalizeImage.
+    ops += [ToTensor(), ToTorchImage(channels_last=False), ffcv_torch_op(normalizer(cfg), torch.float32)]
+    erase = random_erasing(cfg)
+    if erase is not None:
+        # timm's RandomErasing on a 4-D batch loops over the images, one draw each.
+        ops.append(ffcv_torch_op(erase))
+    return ops
+
+
+def ffcv_val_image_pipeline(cfg: LoaderParams, resolution: int) -> list:
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+    from ffcv.transforms import NormalizeImage, ToTensor, ToTorchImage
+
+    mean, std = np.array(cfg.mean) * 255, np.array(cfg.std) * 255
+    # FFCV crops the central square of side crop_pct * shorter side, then resizes it to the
+    # resolution: the same region as timm's resize-then-crop.
+    return [CenterCropRGBImageDecoder((resolution, resolution), ratio=cfg.val_crop_pct),
+            NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage(channels_last=False)]
+
+
+def ffcv_label_pipeline() -> list:
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import Squeeze, ToTensor
+
+    return [IntDecoder(), ToTensor(), Squeeze(1)]

@@ -1,0 +1,127 @@
+"""Conversion: nothing lost, nothing silently dropped, nothing half-written."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data.convert import MANIFEST, ConversionError, Sources, convert
+from pipeline.data.images import load_rgb, unreadable_reason
+from pipeline.data.scan import DataLayoutError
+from stages.convert_imagenet import main as convert_cli
+from tests.data_fixtures import awkward_imagenet, tiny_builtin, tiny_convert_cfg
+
+
+def beton_len(path) -> int:
+    from ffcv.reader import Reader
+
+    return Reader(str(path)).num_samples
+
+
+def test_cli_skips_broken_files_and_converts_odd_modes(tmp_path, capsys):
+    expect = awkward_imagenet(tmp_path / "src")
+    out = tmp_path / "out"
+    rc = convert_cli(["--src", str(tmp_path / "src"), "--out", str(out), "--max-sides", "64",
+                      "--num-workers", "1", "--max-unreadable-fraction", "0.5", "--no-mlflow"])
+    assert rc == 0, capsys.readouterr().err
+    manifest = json.loads((out / MANIFEST).read_text())
+    for split, n in expect["readable"].items():
+        entry = manifest["splits"][split]
+        assert entry["images"] == n
+        assert beton_len(out / entry["betons"]["64"]) == n
+        assert sum(entry["per_class"].values()) == n
+    skipped = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
+    assert set(skipped) == set(expect["skipped"])
+    for name, fragment in expect["skipped"].items():
+        assert fragment in skipped[name], (name, skipped[name])
+    assert manifest["classes"] == ["n0", "n1"]
+    assert "skipped" in capsys.readouterr().out  # the CLI names the skipped files too
+
+
+def test_odd_modes_become_rgb_with_their_values(tmp_path):
+    awkward_imagenet(tmp_path)
+    d = tmp_path / "train" / "n0"
+    for name in ("gray.JPEG", "cmyk.JPEG", "rgba.png", "palette.png", "deep16.png"):
+        assert unreadable_reason(d / name) is None, name
+        img = load_rgb(d / name)
+        assert img.mode == "RGB" and img.size == (50, 40), name
+    # 16-bit is scaled to 8 bits, not clipped: the brightest 16-bit pixel stays below white.
+    deep = np.asarray(Image.open(d / "deep16.png"))
+    got = np.asarray(load_rgb(d / "deep16.png"))[..., 0]
+    np.testing.assert_array_equal(got, np.round(deep / 65535 * 255).astype(np.uint8))
+    assert got.max() < 255
+
+
+def test_too_many_unreadable_fails_naming_count_and_list(tmp_path):
+    awkward_imagenet(tmp_path / "src")
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as err:
+        convert(Sources(tmp_path / "src/train", tmp_path / "src/val"), out, tiny_convert_cfg(max_unreadable_fraction=0.1))
+    msg = str(err.value)
+    assert "train: 4 of 12 files" in msg and "unreadable.json" in msg
+    listed = json.loads((out / "unreadable.json").read_text())
+    assert len(listed["train"]["skipped"]) == 4
+    assert not (out / MANIFEST).exists() and not list(out.rglob("*.beton"))
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    tiny_builtin(tmp_path / "b", classes=3, train=2, val=1, v2=1)
+    train = tmp_path / "b/imagenet/train"
+    for f in (train / "n90000001").iterdir():
+        f.unlink()
+    with pytest.raises(DataLayoutError, match="empty class folder.*n90000001"):
+        convert(Sources(train, tmp_path / "b/imagenet/val"), tmp_path / "out", tiny_convert_cfg())
+
+
+def test_differing_class_sets_are_an_error_naming_them(tmp_path):
+    tiny_builtin(tmp_path / "b", classes=3, train=2, val=1, v2=1)
+    val = tmp_path / "b/imagenet/val"
+    (val / "n90000002").rename(val / "n77777777")
+    with pytest.raises(DataLayoutError, match=r"only in .*train.*n90000002.*only in .*val.*n77777777"):
+        convert(Sources(tmp_path / "b/imagenet/train", val), tmp_path / "out", tiny_convert_cfg())
+
+
+def test_v2_folders_must_be_the_class_indices(tmp_path):
+    tiny_builtin(tmp_path / "b", classes=3, train=2, val=1, v2=1)
+    v2 = tmp_path / "b/imagenet_v2"
+    (v2 / "2").rename(v2 / "5")
+    with pytest.raises(DataLayoutError, match="only in .*V2.*5.*only in .*train.*2"):
+        convert(Sources(tmp_path / "b/imagenet/train", tmp_path / "b/imagenet/val", v2), tmp_path / "out",
+                tiny_convert_cfg())
+
+
+def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    tiny_builtin(tmp_path / "b", classes=2, train=2, val=1, v2=1)
+    src = Sources(tmp_path / "b/imagenet/train", tmp_path / "b/imagenet/val", tmp_path / "b/imagenet_v2")
+    out = tmp_path / "out"
+    convert(src, out, tiny_convert_cfg())  # a complete earlier run
+    assert (out / MANIFEST).exists()
+
+    from ffcv.writer import DatasetWriter
+
+    def interrupted(self, dataset, **kw):
+        with open(self.fname, "wb") as f:
+            f.write(b"\0" * 1000)  # half a beton on disk, then the machine goes away
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DatasetWriter, "from_indexed_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(src, out, tiny_convert_cfg())
+    assert not (out / MANIFEST).exists()
+    assert [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")] == []
+
+
+def test_v2_labels_are_the_folder_indices(tmp_path):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    tiny_builtin(tmp_path / "b", classes=12, train=1, val=1, v2=1)  # "10" sorts before "2" as text
+    src = Sources(tmp_path / "b/imagenet/train", tmp_path / "b/imagenet/val", tmp_path / "b/imagenet_v2")
+    manifest = convert(src, tmp_path / "out", tiny_convert_cfg(max_sides=[32]))
+    loader = Loader(str(tmp_path / "out" / manifest["splits"]["v2"]["betons"]["32"]), batch_size=12,
+                    order=OrderOption.SEQUENTIAL, num_workers=1, drop_last=False,
+                    pipelines={"image": None, "label": [IntDecoder()]})
+    (labels,) = [b[0].ravel().tolist() for b in loader]
+    assert labels == list(range(12))
