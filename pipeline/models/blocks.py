@@ -1,0 +1,241 @@
+"""HIRI-ViT building blocks, one class per block of the paper (Sections 3-4).
+
+Tensors between blocks are NCHW. Stages 4-5 (Transformer blocks) flatten to tokens inside the
+block and return NCHW, so every stage hands the next one the same layout.
+
+Normalisation follows Section 4.4: BatchNorm in the convolutional parts (stem, HR blocks, IRDS,
+every CFFN), LayerNorm only in front of multi-head attention (stages 4-5) and on the final
+tokens. Every BatchNorm sits right after a conv, or right before the first linear layer of a
+CFFN, so that `pipeline.models.deploy.fold_batchnorm` can merge all of them (the paper notes
+that BN "can be merged into convolution operation to speedup inference").
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv (no bias, BN carries it) followed by BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
+
+
+class HRStem(nn.Module):
+    """High Resolution stem (Section 4.1, Fig. 3c): a stride-2 3x3 conv, then two parallel branches
+    summed and batch-normalised.
+
+    - high-resolution branch: light depth-wise 3x3 conv at the stem's full resolution, then a
+      strided 3x3 conv;
+    - low-resolution branch: a strided 3x3 conv first, then 3x3 and 1x1 convs at low resolution.
+
+    `stride` is the stem's total stride: 4 (Table 1: "4 x 4") for inputs that divide by 64, 2 for
+    the 224 model, whose stages then run at the grid sizes of the 448 model, as the paper's 224
+    GFLOPs imply (docs/model.md, "Resolution variants").
+    `width` is the channel count inside the stem; we use the stage-1 width C1 (docs/model.md).
+    """
+
+    def __init__(self, in_chans: int, width: int, out_chans: int, stride: int = 4):
+        super().__init__()
+        if stride not in (2, 4):
+            raise ValueError(f"HRStem stride must be 2 or 4, got {stride}")
+        branch_stride = stride // 2
+        self.conv1 = nn.Sequential(conv_bn(in_chans, width, 3, stride=2), nn.GELU())
+        self.high = nn.Sequential(
+            conv_bn(width, width, 3, groups=width),
+            nn.Conv2d(width, out_chans, 3, branch_stride, 1, bias=False),
+        )
+        self.low = nn.Sequential(
+            conv_bn(width, width, 3, stride=2),
+            nn.GELU(),
+            conv_bn(width, width, 3),
+            nn.GELU(),
+            nn.Conv2d(width, out_chans, 1, bias=False),
+        )
+        # At total stride 4 the low branch (one stride-2 conv) lands on the high branch's grid;
+        # at total stride 2 the high branch keeps the grid and the low branch is upsampled by
+        # repetition, as the HR block does.
+        self.low_upsample = 1 if branch_stride == 2 else 2
+        self.norm = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        low = self.low(x)
+        if self.low_upsample > 1:
+            low = low.repeat_interleave(self.low_upsample, 2).repeat_interleave(self.low_upsample, 3)
+        return self.norm(self.high(x) + low)
+
+
+class HRBlock(nn.Module):
+    """High Resolution block (Section 4.2, Fig. 4), a residual two-branch block.
+
+    - high-resolution branch: a light depth-wise 3x3 conv (+BN);
+    - low-resolution branch: stride-2 depth-wise 3x3 conv + BN, then FC - GELU - FC (expansion
+      `mlp_ratio`, Table 1's E1/E2) on the half-resolution map, upsampled by repetition;
+    the two are summed and added to the input.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.high = conv_bn(dim, dim, 3, groups=dim)
+        self.low_down = conv_bn(dim, dim, 3, stride=2, groups=dim)
+        self.low_fc1 = nn.Conv2d(dim, hidden, 1)
+        self.low_act = nn.GELU()
+        self.low_fc2 = nn.Conv2d(hidden, dim, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        low = self.low_fc2(self.low_act(self.low_fc1(self.low_down(x))))
+        # Upsampling by repetition; crop handles odd sizes (e.g. a 768 input's dense-task crops).
+        low = low.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :h, :w]
+        return x + self.drop_path(self.high(x) + low)
+
+
+class IRDSA(nn.Module):
+    """Inverted Residual Downsampling, variant a (Section 4.3, Fig. 5b), between stages 1-2 and 2-3.
+
+    A strided 3x3 conv expands the channels (x `expansion` of the input width) while halving the
+    resolution, a 1x1 conv shrinks them to the next stage's width; the extra downsampling shortcut
+    (2x2 average pooling + 1x1 conv) is added to the result.
+    """
+
+    def __init__(self, c_in: int, c_out: int, expansion: float):
+        super().__init__()
+        hidden = int(c_in * expansion)
+        self.expand = nn.Sequential(conv_bn(c_in, hidden, 3, stride=2), nn.GELU())
+        self.project = conv_bn(hidden, c_out, 1)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True), conv_bn(c_in, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.expand(x)) + self.shortcut(x)
+
+
+class IRDSB(nn.Module):
+    """Inverted Residual Downsampling, variant b (Section 4.3, Fig. 5c), between stages 3-4 and 4-5.
+
+    An inverted residual block (1x1 expand, stride-2 depth-wise 3x3, 1x1 project) that applies
+    normalisation and activation only after the first conv, plus the extra downsampling shortcut.
+    """
+
+    def __init__(self, c_in: int, c_out: int, expansion: float):
+        super().__init__()
+        hidden = int(c_in * expansion)
+        self.expand = nn.Sequential(conv_bn(c_in, hidden, 1), nn.GELU())
+        self.dw = nn.Conv2d(hidden, hidden, 3, 2, 1, groups=hidden)
+        self.project = nn.Conv2d(hidden, c_out, 1)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.dw(self.expand(x))) + self.shortcut(x)
+
+
+class CFFN(nn.Module):
+    """Convolutional feed-forward network, eq. (3): FC(DWConv(z) + z), z = GELU(FC(X)).
+
+    Works on NCHW maps with 1x1 convs as the FC layers (identical to per-token linears), preceded
+    by BatchNorm as Section 4.4 prescribes for every CFFN.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm = nn.BatchNorm2d(dim)
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.act(self.fc1(self.norm(x)))
+        return self.fc2(self.dw(z) + z)
+
+
+class CFFNBlock(nn.Module):
+    """Stage-3 block: a residual CFFN alone (Section 4.6, Table 8 row 4)."""
+
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        self.ffn = CFFN(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.ffn(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, eq. (1), over all tokens (no spatial reduction in stages 4-5)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TransformerBlock(nn.Module):
+    """Stage-4/5 block: x + MHA(LN(x)), then x + CFFN(x) (the CFFN brings its own BN)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.ffn = CFFN(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens)))
+        x = tokens.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.drop_path(self.ffn(x))
+
+
+class ClassAttention(nn.Module):
+    """Attention of a class token over [class token, patch tokens] (CaiT-style)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.q(x[:, :1]).reshape(b, 1, heads, d).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, heads, d).permute(2, 0, 3, 1, 4)
+        cls = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(cls.transpose(1, 2).reshape(b, 1, c))
+
+
+class ClassBlock(nn.Module):
+    """Class-attention block that updates only the class token (the head of the authors' earlier
+    Wave-ViT/Dual-ViT backbones, which this paper's parameter counts support: docs/model.md)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = ClassAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = x[:, :1] + self.attn(self.norm1(x))
+        cls = cls + self.mlp(self.norm2(cls))
+        return torch.cat([cls, x[:, 1:]], dim=1)

@@ -1,0 +1,78 @@
+"""Deploy mode: fold every BatchNorm of a HIRI-ViT into a neighbouring conv for inference.
+
+Section 4.4 chooses BN over LN in the convolutional parts because "BN can also be merged into
+convolution operation to speedup inference". In our blocks each BN is in one of three places:
+
+- right after a conv (`conv_bn`): folded into that conv (torch's `fuse_conv_bn_eval`);
+- after the sum of the HR-stem's two branches: BN is affine, so it folds into the last conv of
+  each branch (scale both, add the shift once);
+- in front of a CFFN's first 1x1 conv (the pre-norm): folded into that 1x1 conv.
+
+After folding the model holds no BatchNorm and computes the same function (eval mode).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .blocks import CFFN, HRStem
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN(x) = scale * x + shift, per channel (eval mode)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _scale_conv_out(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    bias = conv.bias * scale if conv.bias is not None else torch.zeros_like(scale)
+    if shift is not None:
+        bias = bias + shift
+    conv.bias = nn.Parameter(bias)
+
+
+def _fold_into_next_1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
+    """conv(BN(x)) for a 1x1 conv: W' = W * scale (per input channel), b' = b + W @ shift."""
+    if conv.kernel_size != (1, 1) or conv.groups != 1:
+        raise ValueError("a BN before a conv folds exactly only into an ungrouped 1x1 conv")
+    scale, shift = _bn_affine(bn)
+    w = conv.weight
+    bias = conv.bias if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    conv.bias = nn.Parameter(bias + w[:, :, 0, 0] @ shift)
+    conv.weight.mul_(scale.view(1, -1, 1, 1))
+
+
+def _fold_sequential(seq: nn.Sequential) -> None:
+    children = list(seq.children())
+    for i in range(len(children) - 1):
+        conv, bn = children[i], children[i + 1]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            seq[i] = fuse_conv_bn_eval(conv, bn)
+            seq[i + 1] = nn.Identity()
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Return `model` (a copy unless `inplace`) in eval mode with every BatchNorm folded away."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            _fold_sequential(module)
+        elif isinstance(module, CFFN) and isinstance(module.norm, nn.BatchNorm2d):
+            _fold_into_next_1x1(module.norm, module.fc1)
+            module.norm = nn.Identity()
+        elif isinstance(module, HRStem) and isinstance(module.norm, nn.BatchNorm2d):
+            scale, shift = _bn_affine(module.norm)
+            _scale_conv_out(module.high[-1], scale, shift)
+            _scale_conv_out(module.low[-1], scale, None)
+            module.norm = nn.Identity()
+    left = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if left:
+        raise RuntimeError(f"BatchNorm layers left unfolded: {left}")
+    return model

@@ -1,0 +1,157 @@
+"""HIRI-ViT: timm registration and API, fidelity to the paper's counts, deploy folding, bad input."""
+import pytest
+import timm
+import torch
+
+import pipeline.models  # noqa: F401  (registers the models)
+from pipeline.models.deploy import fold_batchnorm
+from pipeline.models.flops import attention_gflops, count_gflops
+from pipeline.models.report import PAPER_GFLOPS, PAPER_PARAMS_M, GFLOPS_TOLERANCE, PARAMS_TOLERANCE
+
+SIZES = ["hiri_vit_s", "hiri_vit_b", "hiri_vit_l"]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_parameter_count_within_1_percent_of_table_2(name):
+    model = timm.create_model(name, img_size=448)
+    ours = n_params(model) / 1e6
+    assert abs(ours / PAPER_PARAMS_M[name] - 1) <= PARAMS_TOLERANCE, (name, ours)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SIZES)
+@pytest.mark.parametrize("res", [448, 768])
+def test_gflops_within_3_percent_of_tables_2_and_3(name, res):
+    ours = count_gflops(timm.create_model(name, img_size=res), res)
+    paper = PAPER_GFLOPS[(name, res)]
+    assert abs(ours / paper - 1) <= GFLOPS_TOLERANCE, (name, res, ours, paper)
+
+
+def test_flop_count_includes_attention_products():
+    model = timm.create_model("hiri_vit_s", img_size=448)
+    attn = attention_gflops(model, 448)
+    # Stage 4: 9 blocks, 196 tokens, width 320; stage 5: 4 blocks, 49 tokens, width 512;
+    # QK^T and AV each cost n^2 * C MACs; the class-attention block adds 1 x 50 x 512 twice.
+    expected = (9 * 2 * 196**2 * 320 + 4 * 2 * 49**2 * 512 + 2 * 50 * 512) / 1e9
+    assert attn == pytest.approx(expected, rel=1e-6)
+    assert count_gflops(model, 448) > attn > 0
+
+
+def test_flop_convention_on_a_known_baseline():
+    # fvcore's multiply-add convention gives ResNet-50 about 4.1 GFLOPs at 224 (the paper's table 2).
+    assert count_gflops(timm.create_model("resnet50"), 224) == pytest.approx(4.1, abs=0.05)
+
+
+@pytest.mark.parametrize("res,grid", [(224, 7), (384, 6), (448, 7), (768, 12)])
+def test_create_model_at_each_resolution(res, grid):
+    model = timm.create_model("hiri_vit_s", img_size=res, num_classes=7, drop_path_rate=0.1).eval()
+    x = torch.randn(1, 3, res, res)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        logits = model.forward_head(tokens)
+        dense = model.forward_dense(x)
+    assert tokens.shape == (1, 1 + grid * grid, 512)
+    assert logits.shape == (1, 7)
+    assert dense.shape == (1, 7, grid, grid)
+    assert model.forward_head(tokens, pre_logits=True).shape == (1, 512)
+
+
+def test_drop_path_rate_reaches_the_blocks():
+    model = timm.create_model("hiri_vit_s", img_size=448, drop_path_rate=0.2)
+    last = model.stages[4][-1].drop_path
+    assert last.drop_prob == pytest.approx(0.2)
+    assert isinstance(model.stages[0][0].drop_path, torch.nn.Identity)  # rate 0 for the first block
+
+
+def test_features_only_returns_five_maps_with_strides():
+    model = timm.create_model("hiri_vit_b", img_size=448, features_only=True).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 448, 448))
+    assert model.feature_info.reduction() == [4, 8, 16, 32, 64]
+    assert model.feature_info.channels() == [64, 96, 192, 320, 640]
+    assert [m.shape[-1] for m in maps] == [112, 56, 28, 14, 7]
+    assert [m.shape[1] for m in maps] == [64, 96, 192, 320, 640]
+
+
+def test_features_only_out_indices():
+    model = timm.create_model("hiri_vit_s", img_size=448, features_only=True, out_indices=(1, 2, 3, 4))
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 448, 448))
+    assert [m.shape[1] for m in maps] == [64, 128, 320, 512]
+
+
+def test_reset_classifier():
+    model = timm.create_model("hiri_vit_s", img_size=224)
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 5)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 512)
+
+
+def _randomise_batchnorm(model):
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) * 0.6 - 0.3)
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_folded_model_matches_original(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=448, num_classes=10).eval()
+    _randomise_batchnorm(model)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 448, 448)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_folding_the_stride_2_stem():
+    model = timm.create_model("hiri_vit_s", img_size=224, num_classes=10).eval()
+    _randomise_batchnorm(model)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref, out = model(x), fold_batchnorm(model)(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    model = timm.create_model("hiri_vit_s", img_size=448)
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        model(torch.randn(1, 1, 448, 448))
+
+
+def test_resolution_not_divisible_by_total_stride_is_a_clear_error():
+    model = timm.create_model("hiri_vit_s", img_size=448)
+    with pytest.raises(ValueError, match="not a multiple of this model's total stride 64"):
+        model(torch.randn(1, 3, 400, 400))
+
+
+def test_img_size_the_architecture_cannot_take():
+    with pytest.raises(ValueError, match=r"img_size=500 cannot be built: HIRI-ViT takes a multiple of 64"):
+        timm.create_model("hiri_vit_s", img_size=500)
+    with pytest.raises(ValueError, match="img_size=224 is not a multiple of the total stride 64"):
+        timm.create_model("hiri_vit_s", img_size=224, stem_stride=4)
+
+
+def test_non_square_img_size_is_rejected():
+    with pytest.raises(ValueError, match="square"):
+        timm.create_model("hiri_vit_s", img_size=(448, 384))
+
+
+def test_pretrained_weights_do_not_exist():
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("hiri_vit_s", pretrained=True)
