@@ -31,8 +31,8 @@ class BuiltinDataParams(Section):
     val_per_class: int = Field(20, ge=1)
     v2_per_class: int = Field(10, ge=1)
     # Image sides are drawn uniformly in [min_side, max_side] (width and height separately).
-    min_side: int = Field(448, ge=64)
-    max_side: int = Field(576, ge=64)
+    min_side: int = Field(448, ge=32)
+    max_side: int = Field(576, ge=32)
     # JPEG quality drawn per image in [lo, hi], so files vary like real photographs do.
     jpeg_quality: tuple[int, int] = (80, 95)
 

@@ -9,7 +9,7 @@ one; it also sets torch's intra-op thread count to its worker count (ffcv.pipeli
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -35,6 +35,7 @@ class Batches:
     num_classes: int
     batch_size: int
     sampler: object = None  # torchvision + distributed: reshuffled per epoch
+    errors: list = field(default_factory=list)  # failures inside FFCV's loader thread
     _epoch: int = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -42,6 +43,10 @@ class Batches:
             self.sampler.set_epoch(self._epoch)
         self._epoch += 1
         for images, labels in self.loader:
+            if self.errors:
+                err = self.errors[0]
+                raise RuntimeError(f"{self.backend} {self.split} pipeline failed in {len(self.errors)} place(s); "
+                                   f"first: {type(err).__name__}: {err}") from err
             yield images, labels.long()
 
     def __len__(self) -> int:
@@ -124,9 +129,10 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
     workers = cfg.num_workers if num_workers is None else num_workers
     manifest = load_manifest(ffcv_dir)
     entry = split_entry(manifest, "train", ffcv_dir)
+    errors: list = []
     if backend == "ffcv":
         path = beton_path(manifest, "train", resolution, cfg.val_crop_pct, ffcv_dir)
-        pipeline = T.ffcv_train_image_pipeline(cfg, resolution, threads=max(1, workers))
+        pipeline = T.ffcv_train_image_pipeline(cfg, resolution, threads=max(1, workers), errors=errors)
         loader, sampler = _ffcv(path, pipeline, batch_size, cfg, workers, True, drop_last, distributed, seed), None
     elif backend == "torchvision":
         files = manifest_files(manifest, "train", ffcv_dir)
@@ -134,7 +140,7 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
                                        True, drop_last, distributed, seed)
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
-    return Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler)
+    return Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler, errors)
 
 
 def build_val_loader(params: Params | DataParams, resolution: int, batch_size: int, *,

@@ -34,7 +34,10 @@ def timm_train_parts(cfg: LoaderParams, resolution: int):
         input_size=resolution, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
         hflip=cfg.hflip, vflip=0.0, auto_augment=cfg.auto_augment, interpolation=cfg.train_interpolation,
         mean=tuple(cfg.mean), std=tuple(cfg.std), re_prob=cfg.re_prob, re_mode=cfg.re_mode,
-        re_count=cfg.re_count, separate=True)
+        re_count=cfg.re_count, separate=True,
+        # DeiT passes color_jitter 0.4, which timm ignores once RandAugment is on; None keeps it
+        # off also when auto_augment is turned off, so the second part is RandAugment or nothing.
+        color_jitter=None)
 
 
 def train_transform(cfg: LoaderParams, resolution: int) -> Callable:
@@ -86,8 +89,11 @@ def random_erasing(cfg: LoaderParams) -> RandomErasing | None:
 
 # --- FFCV operations ----------------------------------------------------------------------------
 
-def ffcv_per_image_pil(transform: Callable, threads: int):
+def ffcv_per_image_pil(transform: Callable, threads: int, errors: list):
     """An FFCV Operation that applies a PIL transform to every image of a batch on its own.
+
+    FFCV's loader thread dies silently on an exception and the consumer then waits forever, so
+    a failure is appended to `errors` (the loader wrapper raises it) and the image passes as is.
 
     FFCV's own augmentations are numba-compiled; timm's RandAugment is Python over PIL, so it
     runs in a non-compiled stage. Each image gets its own call, hence its own random draws.
@@ -111,7 +117,11 @@ def ffcv_per_image_pil(transform: Callable, threads: int):
                 n = images.shape[0]
 
                 def one(i: int) -> None:
-                    dst[i] = np.asarray(tf(Image.fromarray(images[i])))
+                    try:
+                        dst[i] = np.asarray(tf(Image.fromarray(images[i])))
+                    except Exception as err:  # noqa: BLE001 -- reported by the loader wrapper
+                        errors.append(err)
+                        dst[i] = images[i]
 
                 if pool is None:
                     for i in range(n):
@@ -129,14 +139,21 @@ def ffcv_per_image_pil(transform: Callable, threads: int):
     return PerImagePIL()
 
 
-def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None):
-    """An FFCV Operation running a torch function on the whole (CPU) batch tensor."""
+def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], errors: list, dtype: torch.dtype | None = None):
+    """An FFCV Operation running a torch function on the whole (CPU) batch tensor.
+
+    Failures go to `errors`, as in ffcv_per_image_pil.
+    """
     from ffcv.pipeline.operation import Operation
 
     class TorchOp(Operation):
         def generate_code(self) -> Callable:
             def run(x, _):
-                return fn(x)
+                try:
+                    return fn(x)
+                except Exception as err:  # noqa: BLE001 -- reported by the loader wrapper
+                    errors.append(err)
+                    return x.float() if dtype is torch.float32 else x
 
             return run
 
@@ -157,7 +174,7 @@ def normalizer(cfg: LoaderParams) -> Callable[[torch.Tensor], torch.Tensor]:
     return normalize
 
 
-def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int) -> list:
+def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int, errors: list) -> list:
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
 
@@ -166,15 +183,15 @@ def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int) 
         ops.append(RandomHorizontalFlip(cfg.hflip))
     ra = rand_augment(cfg, resolution)
     if ra is not None:
-        ops.append(ffcv_per_image_pil(ra, threads))
+        ops.append(ffcv_per_image_pil(ra, threads, errors))
     # Everything after the Python RandAugment stays outside numba: FFCV 1.0.2's stage grouping
     # (Graph.group_operations) loops forever when a compiled op follows a Python one, so the
     # normalisation is torch here rather than FFCV's compiled NormalizeImage.
-    ops += [ToTensor(), ToTorchImage(channels_last=False), ffcv_torch_op(normalizer(cfg), torch.float32)]
+    ops += [ToTensor(), ToTorchImage(channels_last=False), ffcv_torch_op(normalizer(cfg), errors, torch.float32)]
     erase = random_erasing(cfg)
     if erase is not None:
         # timm's RandomErasing on a 4-D batch loops over the images, one draw each.
-        ops.append(ffcv_torch_op(erase))
+        ops.append(ffcv_torch_op(erase, errors))
     return ops
 
 
