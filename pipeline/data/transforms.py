@@ -139,7 +139,7 @@ def ffcv_per_image_pil(transform: Callable, threads: int, errors: list):
     return PerImagePIL()
 
 
-def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], errors: list, dtype: torch.dtype | None = None):
+def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], errors: list):
     """An FFCV Operation running a torch function on the whole (CPU) batch tensor.
 
     Failures go to `errors`, as in ffcv_per_image_pil.
@@ -153,25 +153,55 @@ def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], errors: list, dtyp
                     return fn(x)
                 except Exception as err:  # noqa: BLE001 -- reported by the loader wrapper
                     errors.append(err)
-                    return x.float() if dtype is torch.float32 else x
+                    return x
 
             return run
 
         def declare_state_and_memory(self, previous_state):
-            return replace(previous_state, jit_mode=False, dtype=dtype or previous_state.dtype), None
+            return replace(previous_state, jit_mode=False), None
 
     return TorchOp()
 
 
-def normalizer(cfg: LoaderParams) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 NCHW -> float32 (x / 255 - mean) / std, as timm's ToTensor + Normalize."""
+def normalizer(cfg: LoaderParams) -> Callable[..., torch.Tensor]:
+    """uint8 NCHW -> float32 (x / 255 - mean) / std, as timm's ToTensor + Normalize.
+
+    Writes into `out` when given: FFCV hands each op a preallocated buffer, and reusing it avoids
+    page-faulting a fresh 77 MB tensor per batch of 32 at 448 (half the loader's time otherwise).
+    """
     scale = 1.0 / (255.0 * torch.tensor(cfg.std).view(1, 3, 1, 1))
     shift = (torch.tensor(cfg.mean) / torch.tensor(cfg.std)).view(1, 3, 1, 1)
 
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        return x.float().mul_(scale).sub_(shift)
+    def normalize(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        out = x.float() if out is None else out[: x.shape[0]].copy_(x)
+        return out.mul_(scale).sub_(shift)
 
     return normalize
+
+
+def ffcv_normalize_op(cfg: LoaderParams, errors: list):
+    """FFCV Operation: uint8 NCHW batch -> normalised float32, in a buffer FFCV allocates once."""
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.operation import Operation
+
+    fn = normalizer(cfg)
+
+    class Normalize(Operation):
+        def generate_code(self) -> Callable:
+            def run(x, dst):
+                try:
+                    return fn(x, dst)
+                except Exception as err:  # noqa: BLE001 -- reported by the loader wrapper
+                    errors.append(err)
+                    return dst[: x.shape[0]]
+
+            return run
+
+        def declare_state_and_memory(self, previous_state):
+            return (replace(previous_state, jit_mode=False, dtype=torch.float32),
+                    AllocationQuery(previous_state.shape, dtype=torch.float32))
+
+    return Normalize()
 
 
 def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int, errors: list) -> list:
@@ -187,7 +217,7 @@ def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int, 
     # Everything after the Python RandAugment stays outside numba: FFCV 1.0.2's stage grouping
     # (Graph.group_operations) loops forever when a compiled op follows a Python one, so the
     # normalisation is torch here rather than FFCV's compiled NormalizeImage.
-    ops += [ToTensor(), ToTorchImage(channels_last=False), ffcv_torch_op(normalizer(cfg), errors, torch.float32)]
+    ops += [ToTensor(), ToTorchImage(channels_last=False), ffcv_normalize_op(cfg, errors)]
     erase = random_erasing(cfg)
     if erase is not None:
         # timm's RandomErasing on a 4-D batch loops over the images, one draw each.
