@@ -217,10 +217,22 @@ class FinetuneParams(TrainParams):
 class LaunchParams(Section):
     """How a training stage starts its processes (pipeline/launch/)."""
 
-    # local: submitit LocalExecutor on this machine (SLURM arrives with the cluster issue).
-    launcher: Literal["local"] = "local"
-    tasks: int = Field(1, ge=1)  # processes = torch.distributed ranks
+    # local: submitit LocalExecutor on this machine; slurm: submitit on SLURM, resources from
+    # slurm/profiles/<profile>.yaml (pipeline/launch/profiles.py).
+    launcher: Literal["local", "slurm"] = "local"
+    profile: str | None = None  # slurm only: a file stem in slurm/profiles/
+    tasks: int = Field(1, ge=1)  # processes = torch.distributed ranks (local; SLURM: from the profile)
     timeout_min: int = Field(24 * 60, ge=1)
+
+    @model_validator(mode="after")
+    def _slurm_profile(self):
+        if self.launcher == "slurm":
+            from pipeline.launch.profiles import load_profile
+
+            if not self.profile:
+                raise ValueError("launcher slurm needs launch.profile (a file stem in slurm/profiles/)")
+            load_profile(self.profile)  # unknown profile or bad field: ProfileError naming it
+        return self
 
 
 class Params(Section):

@@ -75,6 +75,10 @@ def run_stage(spec: RunSpec) -> dict:
     from pipeline.launch.local import run_local
 
     launch = spec.params.launch
+    if launch.launcher == "slurm":  # a SLURM job outlives this process; its job record is the lock
+        from pipeline.launch.slurm import run_stage_slurm
+
+        return run_stage_slurm(spec)
     with stage_lock(spec):
         return run_local(train_worker, spec, launch=launch, folder=spec.repo_root / "outputs" / "submitit" / spec.stage,
                          name=spec.stage)
