@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from timm.loss import SoftTargetCrossEntropy
+from timm.utils import distribute_bn
 
 from pipeline.config import RecipeParams
 
@@ -142,16 +143,17 @@ class Trainer:
         random.seed(s)
 
     def _check_finite(self, loss: torch.Tensor, micro: int) -> None:
-        bad = 0.0 if math.isfinite(float(loss)) else 1.0
+        bad = 0.0 if math.isfinite(float(loss.detach())) else 1.0
         if _all_sum([bad])[0] > 0:
             where = (f"optimiser step {self.state.step + 1} (epoch {self.state.epoch + 1}, micro-batch "
                      f"{micro + 1}/{self.micro_per_epoch})")
             kept = f"last good checkpoint: {self.store.root / self.last_tag}" if self.last_tag else \
                 "no checkpoint was written yet"
-            raise NonFiniteLossError(f"[{self.name}] loss is {float(loss)} (not finite) at {where}; "
+            raise NonFiniteLossError(f"[{self.name}] loss is {float(loss.detach())} (not finite) at {where}; "
                                      f"stopping. {kept}")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> float:
+        """One micro-batch: forward, backward, and (at accumulation boundaries) DeepSpeed's step."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.distill:
@@ -167,7 +169,7 @@ class Trainer:
         self._check_finite(loss, micro)
         self.engine.backward(loss)
         self.engine.step()
-        return float(loss)
+        return float(loss.detach())
 
     def fit(self) -> list[dict]:
         resumed = self.resume()
@@ -205,6 +207,10 @@ class Trainer:
                 if (micro + 1) % self.layout.accumulation:
                     continue
                 self.state.step += 1
+                if self.world > 1:
+                    # DeepSpeed syncs gradients, not buffers: average the BatchNorm running stats so
+                    # that every rank's EMA teacher (eval-mode BN) and rank 0's checkpoint agree.
+                    distribute_bn(self.engine.module, self.world, reduce=True)
                 self.scheduler.step_update(self.state.step)
                 self.teacher.update(self.engine.module, self.state.step)
                 if self.rank == 0 and (self.state.step % log_every == 0):

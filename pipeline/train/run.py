@@ -110,6 +110,8 @@ def build_model(spec: RunSpec, num_classes: int):
         if missing or unexpected:
             raise ValueError(f"{spec.init_weights} does not fit {run.model}@{run.img_size}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
+        print(f"[{spec.stage}] initialised from {spec.init_weights} ({state.get('stage')}, "
+              f"{state.get('model')}@{state.get('img_size')})", flush=True)
     return model
 
 
@@ -249,7 +251,7 @@ def _run_id_file(spec: RunSpec) -> Path:
 
 
 def _open_tracker(spec: RunSpec, log):
-    from pipeline.tracking.mlflow_run import Tracker, flatten
+    from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
 
     id_file = _run_id_file(spec)
     # a resumed run continues the MLflow run of the killed one, so its curves stay in one place
@@ -258,7 +260,8 @@ def _open_tracker(spec: RunSpec, log):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
-    tracker = Tracker(EXPERIMENTS[spec.kind], spec.run_name, tags, run_id=resume_id, warn=log)
+    tracker = Tracker(EXPERIMENTS[spec.kind], spec.run_name, tags, uri=tracking_uri(spec.repo_root),
+                      run_id=resume_id, warn=log)
     run_id = tracker.start()
     if run_id is not None:
         id_file.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class SyntheticTrain:
         self.images, self.labels = images, labels
         self.micro_batch, self.seed, self.rank, self.world = micro_batch, seed, rank, world_size
         self.epoch = 0
+        self.nan_at: int | None = None
 
     def __len__(self) -> int:  # micro-batches per rank per epoch
         return len(self.labels) // self.micro_batch // self.world
@@ -36,7 +37,10 @@ class SyntheticTrain:
         for i in range(len(self)):
             chunk = i * self.world + self.rank
             idx = perm[chunk * self.micro_batch:(chunk + 1) * self.micro_batch]
-            yield self.images[idx].clone(), self.labels[idx].clone()
+            x = self.images[idx].clone()
+            if self.epoch == 0 and i == self.nan_at:
+                x.fill_(float("nan"))
+            yield x, self.labels[idx].clone()
 
 
 class SyntheticEval:
@@ -49,8 +53,10 @@ class SyntheticEval:
 
 
 class SyntheticData:
-    def __init__(self, img_size: int, num_classes: int = 4, n_train: int = 32, n_val: int = 16, seed: int = 0):
+    def __init__(self, img_size: int, num_classes: int = 4, n_train: int = 32, n_val: int = 16, seed: int = 0,
+                 nan_at_step: int | None = None):
         self.num_classes = num_classes
+        self.nan_at_step = nan_at_step  # poison the images of this (0-based) micro-batch of epoch 0
         self.train_set = make_images(n_train, num_classes, img_size, seed)
         self.val_set = make_images(n_val, num_classes, img_size, seed + 1)
 
@@ -58,7 +64,9 @@ class SyntheticData:
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return SyntheticTrain(*self.train_set, micro_batch, seed, rank, world_size)
+        train = SyntheticTrain(*self.train_set, micro_batch, seed, rank, world_size)
+        train.nan_at = self.nan_at_step
+        return train
 
     def evaluation(self, split: str, batch: int):
         return SyntheticEval(*self.val_set, batch)  # "val" and "v2" share the held-out images
@@ -67,3 +75,51 @@ class SyntheticData:
 def from_spec(spec) -> SyntheticData:
     """data_factory entry point: options from spec.data_overrides."""
     return SyntheticData(spec.run.img_size, **spec.data_overrides)
+
+
+# --- whole runs on synthetic data (tests, benchmarks) ---------------------------------------------
+
+def smoke_params(img_size: int = 224, tasks: int = 1, model: str = "hiri_vit_s", drop_path_rate: float = 0.0,
+                 seed: int = 0, **recipe):
+    """Params for a tiny run `train_t` of a real model (fp32, so results compare across runs)."""
+    from pipeline.config import FinetuneParams, LaunchParams, Params, RecipeParams, TrainParams, TrainRun
+
+    base = dict(epochs=2, warmup_epochs=0.5, batch_size=4, micro_batch_size=2, lr=1e-3, lr_reference_batch=4,
+                checkpoint_every_steps=1, log_every_steps=1, eval_batch_size=8, throughput_batch=2,
+                throughput_iters=1, precision="fp32")
+    base.update(recipe)
+    for key in ("mix", "ema"):
+        if isinstance(base.get(key), dict):
+            from pipeline.config import EmaParams, MixParams
+
+            base[key] = (MixParams if key == "mix" else EmaParams)(**base[key])
+    run = TrainRun(model=model, img_size=img_size, drop_path_rate=drop_path_rate, seed=seed)
+    return Params(train=TrainParams(builtin=RecipeParams(**base), runs={"t": run}), finetune=FinetuneParams(runs={}),
+                  launch=LaunchParams(tasks=tasks))
+
+
+def smoke_spec(root, params, **data):
+    from pipeline.train.stage import make_spec
+
+    return make_spec(params, "train", "t", repo_root=root, data_factory="pipeline.train.synthetic:from_spec",
+                     data_overrides=data)
+
+
+def main(argv=None) -> int:
+    """python -m pipeline.train.synthetic ROOT JSON: run `train_t` in ROOT with smoke_params(**JSON),
+    data options under the JSON key "data"."""
+    import json
+    import sys
+
+    from pipeline.train.stage import run_stage
+
+    argv = sys.argv[1:] if argv is None else argv
+    root, cfg = argv[0], json.loads(argv[1])
+    data = cfg.pop("data", {})
+    metrics = run_stage(smoke_spec(root, smoke_params(**cfg), **data))
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""params.yaml's training sections: validation with clear errors, batch layout, schedule, precision."""
+import copy
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import DEFAULT_PARAMS, ParamsError, RecipeParams, load_params
+from pipeline.train.engine import BatchLayoutError, batch_layout, resolve_precision, scaled_lr
+from pipeline.train.schedule import build_scheduler
+
+
+def _write(tmp_path, raw):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.fixture
+def raw():
+    return yaml.safe_load(DEFAULT_PARAMS.read_text())
+
+
+def test_repo_params_hold_the_paper_recipe(raw):
+    p = load_params()
+    paper = p.train.paper
+    # Section 5.1: AdamW, 300 epochs, cosine with 5 warm-up epochs, batch 1024, lr 1e-3, wd 0.05
+    assert (paper.epochs, paper.warmup_epochs, paper.batch_size, paper.lr, paper.weight_decay) == (300, 5, 1024, 1e-3, 0.05)
+    assert scaled_lr(paper) == pytest.approx(1e-3)
+    ft = p.finetune.paper  # Table 3 recipe: lr 1e-5, wd 1e-8, 30 epochs
+    assert (ft.epochs, ft.lr, ft.weight_decay) == (30, 1e-5, 1e-8)
+    assert p.profile == "builtin"
+    expected = {f"hiri_{s}_{r}" for s in "sbl" for r in (224, 384, 448)}
+    assert set(p.train.runs) == expected
+    assert {r.init_from for r in p.finetune.runs.values()} == {"hiri_s_448", "hiri_b_448", "hiri_l_448"}
+
+
+def test_unknown_key_is_named(tmp_path, raw):
+    raw["train"]["builtin"]["epoch"] = 3
+    with pytest.raises(ParamsError, match=r"train\.builtin\.epoch: Extra inputs are not permitted"):
+        load_params(_write(tmp_path, raw))
+
+
+def test_wrong_type_is_named(tmp_path, raw):
+    raw["train"]["paper"]["lr"] = "fast"
+    with pytest.raises(ParamsError, match=r"train\.paper\.lr: .*(got 'fast')"):
+        load_params(_write(tmp_path, raw))
+
+
+def test_unknown_profile_is_named(tmp_path, raw):
+    raw["profile"] = "laptop"
+    with pytest.raises(ParamsError, match=r"profile: .*'builtin' or 'paper'"):
+        load_params(_write(tmp_path, raw))
+
+
+def test_finetune_source_must_exist(tmp_path, raw):
+    raw["finetune"]["runs"]["hiri_s_768"]["init_from"] = "hiri_s_999"
+    with pytest.raises(ParamsError, match="finetune.runs.hiri_s_768.init_from: no train run 'hiri_s_999'"):
+        load_params(_write(tmp_path, raw))
+
+
+def test_batch_must_split_into_micro_batches(tmp_path, raw):
+    raw["train"]["builtin"]["micro_batch_size"] = 5
+    with pytest.raises(ParamsError, match="batch_size 16 is not a multiple of micro_batch_size 5"):
+        load_params(_write(tmp_path, raw))
+
+
+def test_batch_layout_over_ranks():
+    r = RecipeParams(batch_size=1024, micro_batch_size=64)
+    lay = batch_layout(r, 8)
+    assert (lay.micro_batch, lay.accumulation, lay.world_size) == (64, 2, 8)
+    with pytest.raises(BatchLayoutError, match="64 x 3 ranks = 192"):
+        batch_layout(r, 3)
+
+
+def test_linear_lr_scaling():
+    assert scaled_lr(RecipeParams(batch_size=512, micro_batch_size=64)) == pytest.approx(5e-4)
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    r = RecipeParams(epochs=10, warmup_epochs=2, warmup_lr=0.0, min_lr=0.0, batch_size=8, micro_batch_size=8)
+    sched = build_scheduler(opt, r, steps_per_epoch=10, base_lr=1.0)
+    lrs = []
+    for step in range(101):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.0) and lrs[10] == pytest.approx(0.5) and lrs[20] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.5, abs=1e-6)  # half-way through the 80 cosine steps
+    assert lrs[100] == pytest.approx(0.0, abs=1e-6)
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:]))
+
+
+def test_precision_resolution():
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")

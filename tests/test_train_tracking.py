@@ -1,0 +1,49 @@
+"""MLflow tracking: a real local SQLite store, and a dead server that must not stop training."""
+import time
+
+from mlflow import MlflowClient
+
+from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
+
+
+def test_default_store_is_sqlite_at_repo_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking_uri(tmp_path) == "http://tracking.example:5000"
+
+
+def test_run_lands_in_the_table_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    t = Tracker("table2-imagenet", "hiri_vit_s@448", {"dvc_stage": "train_hiri_s_448", "git_commit": "abc"}, uri=uri)
+    assert t.start() is not None
+    t.log_params(flatten({"recipe": {"lr": 0.001, "mix": {"prob": 0.5}}}))
+    t.log_metrics({"train_loss": 2.0, "val_top1": 10.0}, step=5)
+    t.log_metrics({"train_loss": 1.5, "val_top1": 30.0}, step=10)
+    art = tmp_path / "curves.json"
+    art.write_text("[]")
+    t.log_artifact(art)
+    t.finish()
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name("table2-imagenet")
+    (run,) = c.search_runs([exp.experiment_id])
+    assert run.info.run_name == "hiri_vit_s@448" and run.info.status == "FINISHED"
+    assert run.data.params["recipe.mix.prob"] == "0.5"
+    assert run.data.tags["dvc_stage"] == "train_hiri_s_448"
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "val_top1")] == [(5, 10.0), (10, 30.0)]
+    assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["curves.json"]
+
+
+def test_dead_server_warns_once_and_gives_up_fast(monkeypatch):
+    warnings = []
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    t = Tracker("table2-imagenet", "x@1", {}, uri="http://127.0.0.1:9", warn=warnings.append)
+    t0 = time.monotonic()
+    assert t.start() is None
+    t.log_params({"a": "1"})
+    t.log_metrics({"loss": 1.0}, step=1)
+    t.finish()
+    assert time.monotonic() - t0 < 30
+    assert len(warnings) == 1
+    assert "MLflow tracking at http://127.0.0.1:9 failed" in warnings[0] and "training continues" in warnings[0]
