@@ -235,12 +235,44 @@ class LaunchParams(Section):
         return self
 
 
+# --- report (issue 6): the paper beside ours, stages/report.py -----------------------------------
+
+
+class Fig1Params(Section):
+    """Fig. 1 measured on the machine running the report: GFLOPs and batch-1 latency per resolution."""
+
+    hiri_model: Literal["hiri_vit_s", "hiri_vit_b", "hiri_vit_l"] = "hiri_vit_s"
+    hiri_resolutions: list[int] = Field(default_factory=lambda: [224, 384, 448], min_length=1)
+    swin_model: str = "swin_tiny_patch4_window7_224"
+    swin_resolutions: list[int] = Field(default_factory=lambda: [224, 384], min_length=1)
+    # Swin's window per resolution: 7 at 224, 12 at 384 as the official 384 models.
+    swin_window: dict[int, int] = Field(default_factory=lambda: {224: 7, 384: 12})
+    warmup: int = Field(1, ge=0)
+    repeats: int = Field(3, ge=1)
+    threads: int = Field(1, ge=1)  # one thread: cheap beside other jobs, and the same for every model
+
+    @model_validator(mode="after")
+    def _windows(self):
+        missing = [r for r in self.swin_resolutions if r not in self.swin_window]
+        if missing:
+            raise ValueError(f"swin_window has no window size for resolutions {missing}")
+        bad = [r for r in self.swin_resolutions if (r // 32) % self.swin_window[r]]
+        if bad:
+            raise ValueError(f"swin resolutions {bad}: the last stage's grid (res/32) must divide by the window")
+        return self
+
+
+class ReportParams(Section):
+    fig1: Fig1Params = Fig1Params()
+
+
 class Params(Section):
     profile: Literal["builtin", "paper"] = "builtin"
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     launch: LaunchParams = LaunchParams()
+    report: ReportParams = ReportParams()
 
     @model_validator(mode="after")
     def _finetune_sources(self):

@@ -1,0 +1,149 @@
+"""The paper's rows as MLflow runs, beside ours, under the same metric keys.
+
+Each row of pipeline/tracking/paper/table*.yaml becomes one run tagged `source=paper` in its
+table's experiment (table2-imagenet, ...), where our training stages log theirs, so `mlflow ui`
+compares them column by column. Idempotent: a run is found again by its `paper_row_id` tag and
+updated in place; a run whose metrics/params would have to shrink or change (MLflow cannot delete
+a metric or rewrite a param) is replaced, duplicates of one row id are removed, and runs of rows
+that no longer exist in the data are deleted. A second call with unchanged data writes nothing.
+
+The store is the one our runs use (mlflow_run.tracking_uri: `sqlite:///<repo>/mlflow.db` unless
+MLFLOW_TRACKING_URI). As in mlflow_run, an unreachable store is one warning, not a crash: the
+stage's summary says the runs were not logged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .mlflow_run import tracking_uri
+from .paper_tables import PaperRow
+
+SOURCE_TAG = "source"
+ROW_TAG = "paper_row_id"
+
+
+@dataclass
+class SyncResult:
+    uri: str
+    logged: bool = True
+    error: str | None = None
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    experiments: dict[str, int] = field(default_factory=dict)  # experiment -> paper runs in it
+
+    def summary(self) -> dict:
+        return {"logged": self.logged, "error": self.error, "tracking_uri": self.uri,
+                "experiments": dict(sorted(self.experiments.items())),
+                "paper_runs": sum(self.experiments.values())}
+
+
+def row_params(row: PaperRow) -> dict[str, str]:
+    """Params named like our training runs' (`run.img_size`), so the UI lines them up."""
+    params = {}
+    if row.res:
+        params["run.img_size"] = str(row.res)
+    return params
+
+
+def row_tags(row: PaperRow) -> dict[str, str]:
+    tags = {SOURCE_TAG: "paper", ROW_TAG: row.row_id, "paper_table": str(row.table), "paper_source": row.source,
+            "network": row.network}
+    for key in ("group", "detector", "method"):
+        if getattr(row, key):
+            tags[key] = getattr(row, key)
+    if row.stage:
+        tags["reproduced_by_stage"] = row.stage
+    if row.unreadable:
+        tags["paper_unreadable"] = ",".join(row.unreadable)
+    if row.reconstructed:
+        tags["paper_reconstructed"] = json.dumps(row.reconstructed)[:4900]
+    note = [f"Paper value, {row.source}."]
+    if row.unreadable:
+        note.append(f"Cells lost in the text extraction (not logged): {', '.join(row.unreadable)}.")
+    for k, why in row.reconstructed.items():
+        note.append(f"{k} reconstructed: {why}.")
+    tags["mlflow.note.content"] = " ".join(note)
+    return tags
+
+
+def row_metrics(row: PaperRow) -> dict[str, float]:
+    return {k: v for k, v in row.values.items() if v is not None}
+
+
+def sync_paper_runs(rows: list[PaperRow], uri: str | None = None, warn=None) -> SyncResult:
+    """Create/update one MLflow run per paper row; see the module docstring."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = SyncResult(uri=uri or tracking_uri())
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast on a dead server
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=result.uri)
+        by_exp: dict[str, list[PaperRow]] = defaultdict(list)
+        for r in rows:
+            by_exp[r.experiment].append(r)
+        for name, exp_rows in by_exp.items():
+            _sync_experiment(client, name, exp_rows, result)
+            result.experiments[name] = len(exp_rows)
+    except Exception as err:  # noqa: BLE001 - a tracking failure is reported, not fatal (as mlflow_run)
+        first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        result.logged, result.error = False, first
+        warn(f"WARNING: MLflow tracking at {result.uri} failed ({first}); the paper's reference runs were "
+             f"not logged. Fix the store, then `dvc repro -f paper_reference`.")
+    return result
+
+
+def _sync_experiment(client, name: str, rows: list[PaperRow], result: SyncResult) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    existing = defaultdict(list)
+    token = None
+    while True:  # page through every paper run of the experiment
+        page = client.search_runs([exp_id], filter_string=f"tags.{SOURCE_TAG} = 'paper'", max_results=1000,
+                                  page_token=token)
+        for run in page:
+            existing[run.data.tags.get(ROW_TAG)].append(run)
+        token = page.token
+        if not token:
+            break
+    wanted = {r.row_id for r in rows}
+    for row_id, runs in existing.items():  # rows gone from the data, and duplicates of one row
+        for run in (runs if row_id not in wanted else runs[1:]):
+            client.delete_run(run.info.run_id)
+            result.deleted += 1
+    ts = int(time.time() * 1000)
+    for row in rows:
+        metrics, params, tags = row_metrics(row), row_params(row), row_tags(row)
+        run = existing.get(row.row_id, [None])[0]
+        if run is not None:
+            have_m, have_p, have_t = run.data.metrics, run.data.params, run.data.tags
+            same_tags = all(have_t.get(k) == v for k, v in tags.items())
+            if have_m == metrics and have_p == params and same_tags and run.info.status == "FINISHED":
+                result.unchanged += 1
+                continue
+            if set(have_m) - set(metrics) or any(have_p.get(k, v) != v for k, v in params.items()) \
+                    or set(have_p) - set(params):
+                client.delete_run(run.info.run_id)  # MLflow cannot drop a metric or change a param
+                result.deleted += 1
+                run = None
+        if run is None:
+            run_id = client.create_run(exp_id, run_name=f"paper · {row.label}", tags=tags).info.run_id
+            result.created += 1
+        else:
+            run_id = run.info.run_id
+            result.updated += 1
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in sorted(metrics.items())],
+                         params=[Param(k, v) for k, v in sorted(params.items()) if k not in
+                                 (run.data.params if run is not None else {})],
+                         tags=[RunTag(k, v) for k, v in sorted(tags.items())])
+        client.set_terminated(run_id, "FINISHED")
