@@ -78,7 +78,8 @@ def row_metrics(row: PaperRow) -> dict[str, float]:
 
 
 def sync_paper_runs(rows: list[PaperRow], uri: str | None = None, warn=None) -> SyncResult:
-    """Create/update one MLflow run per paper row; see the module docstring."""
+    """Make the store's paper runs match `rows` (the complete paper data): one run per row,
+    created or updated; paper runs of rows not given are deleted. See the module docstring."""
     warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = SyncResult(uri=uri or tracking_uri())
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast on a dead server
@@ -93,6 +94,9 @@ def sync_paper_runs(rows: list[PaperRow], uri: str | None = None, warn=None) -> 
         for name, exp_rows in by_exp.items():
             _sync_experiment(client, name, exp_rows, result)
             result.experiments[name] = len(exp_rows)
+        for exp in client.search_experiments():  # a table dropped from the data: its paper runs go too
+            if exp.name not in by_exp:
+                _sync_experiment(client, exp.name, [], result, create=False)
     except Exception as err:  # noqa: BLE001 - a tracking failure is reported, not fatal (as mlflow_run)
         first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         result.logged, result.error = False, first
@@ -101,10 +105,12 @@ def sync_paper_runs(rows: list[PaperRow], uri: str | None = None, warn=None) -> 
     return result
 
 
-def _sync_experiment(client, name: str, rows: list[PaperRow], result: SyncResult) -> None:
+def _sync_experiment(client, name: str, rows: list[PaperRow], result: SyncResult, create: bool = True) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     exp = client.get_experiment_by_name(name)
+    if exp is None and not create:
+        return
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
     existing = defaultdict(list)
     token = None
