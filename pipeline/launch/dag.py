@@ -1,0 +1,128 @@
+"""Submit every stale stage that DVC targets need to SLURM at once, chained with afterok.
+
+    python -m pipeline.launch train_hiri_s_448 train_hiri_s_224      # submit, return at once
+    dvc repro train_hiri_s_448 train_hiri_s_224                      # attach, wait, collect outputs
+
+Independent stages (S, B, L) run side by side; a stage whose upstream is also submitted waits for
+it with --dependency=afterok. Each job is recorded under its stage key (pipeline.launch.stagekey),
+so `dvc repro` (the stage's own command, launcher slurm) attaches to it instead of submitting
+again, and so does a second `dvc repro` after the login shell died. Everything is validated (params,
+profile, live partition limits) before the first sbatch; if an sbatch still fails, the jobs this
+command already submitted are cancelled, so nothing half-submitted is left behind.
+
+Only the training stages (train_*, finetune_*) run as SLURM jobs; a stale upstream stage of
+another kind (prepare_data, convert_imagenet) must be reproduced first (`dvc repro convert_imagenet`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from . import slurm
+from .cluster import SubmissionError
+from .stagekey import load_stages, stage_key, upstream
+
+LAUNCHED = ("train_", "finetune_")
+
+
+class LaunchPlanError(RuntimeError):
+    pass
+
+
+def stale_stages(repo_root: Path, targets: list[str]) -> set[str]:
+    out = subprocess.run(["dvc", "status", "--json", "--with-deps", *targets], cwd=repo_root,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise LaunchPlanError(f"dvc status failed: {out.stderr.strip()}")
+    return {name.split(":")[-1] for name in json.loads(out.stdout or "{}")}
+
+
+def closure(stages: dict, targets: list[str]) -> list[str]:
+    """targets and everything upstream, in dependency order."""
+    order: list[str] = []
+
+    def visit(n: str, path: tuple = ()):
+        if n not in stages:
+            raise LaunchPlanError(f"no stage {n!r} in dvc.yaml")
+        if n in order:
+            return
+        for u in upstream(stages, n):
+            visit(u, path + (n,))
+        order.append(n)
+
+    for t in targets:
+        visit(t)
+    return order
+
+
+def _spec(params, stage: str, root: Path):
+    from pipeline.train.stage import make_spec
+
+    kind, key = stage.split("_", 1)
+    return make_spec(params, kind, key, repo_root=root)
+
+
+def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[str, dict]:
+    from pipeline.config import load_params
+
+    root = Path(repo_root).resolve()
+    params = load_params(root / "params.yaml")
+    if params.launch.launcher != "slurm":
+        raise LaunchPlanError("params.yaml launch.launcher is 'local': set launcher: slurm and a profile")
+    stages = load_stages(root)
+    order = closure(stages, targets)
+    stale = stale_stages(root, targets)
+    plan: list[str] = []
+    for n in order:
+        if n in stale or any(u in plan for u in upstream(stages, n)):
+            if not n.startswith(LAUNCHED):
+                raise LaunchPlanError(f"stage {n} is stale and does not run as a SLURM job: "
+                                      f"run `dvc repro {n}` first")
+            plan.append(n)
+    # validate everything before the first sbatch: specs (inputs present) and the live partitions
+    specs = {n: _spec(params, n, root) for n in plan}
+    for n in plan:
+        slurm.executor_for(specs[n], root / "outputs" / "submitit" / n)
+    submitted: dict[str, dict] = {}
+    new_ids: list[str] = []
+    try:
+        for n in plan:
+            deps = [submitted[u]["job_id"] for u in upstream(stages, n) if u in submitted]
+            rec = slurm.submit(specs[n], stage_key(root, n), dependency=deps or None)
+            submitted[n] = rec
+            if not rec["attached"]:
+                new_ids.append(rec["job_id"])
+            echo(f"{n}: {'already submitted as' if rec['attached'] else 'submitted'} job {rec['job_id']}"
+                 + (f" (after {', '.join(deps)})" if deps else ""))
+    except Exception:
+        if new_ids:
+            subprocess.run(["scancel", *new_ids], check=False)
+            for n, rec in submitted.items():
+                if rec["job_id"] in new_ids:
+                    (slurm.jobs_dir(root) / f"{n}.json").unlink(missing_ok=True)
+            echo(f"cancelled the jobs submitted by this command: {', '.join(new_ids)}")
+        raise
+    if not plan:
+        echo("nothing to submit: every target is up to date")
+    return submitted
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("targets", nargs="+", help="DVC stages, e.g. train_hiri_s_448")
+    args = ap.parse_args(argv)
+    from pipeline.config import ParamsError
+    from pipeline.launch.profiles import ProfileError
+    from pipeline.train.stage import StageError
+
+    try:
+        launch(args.targets)
+    except (LaunchPlanError, SubmissionError, ParamsError, ProfileError, StageError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("then: dvc repro " + " ".join(args.targets) + "   (attaches to these jobs)")
+    return 0
