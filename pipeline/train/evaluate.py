@@ -63,28 +63,40 @@ def gflops(model: nn.Module, img_size: int) -> float:
     return count_gflops(model, img_size)
 
 
-@torch.no_grad()
+def _foundation_measure():
+    """bench/throughput.py's `measure`, the Foundation benchmark's method (warm-up, then the
+    median time per batch over repeats), loaded from the file since bench/ is not a package."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("_bench_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "measure", None)
+
+
 def throughput(model: nn.Module, img_size: int, batch: int, iters: int, device: torch.device,
-               warmup: int = 2) -> float:
-    """Inference images/s on random input (timm's benchmark method: warm up, then time)."""
-    try:  # the Foundation benchmark's helper, when present, so the numbers are comparable
-        from pipeline.models.throughput import measure_throughput  # type: ignore
-    except ImportError:
-        measure_throughput = None
-    if measure_throughput is not None:
-        return float(measure_throughput(model, img_size=img_size, batch_size=batch, iters=iters, device=device))
+               precision: str = "fp32", warmup: int = 1) -> float:
+    """Inference images/s on random input at a fixed batch, as bench/throughput.py measures it."""
+    measure = _foundation_measure()
     was_training = model.training
-    model.eval()
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
-    for _ in range(warmup):
-        model(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        model(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    model.train(was_training)
-    return batch * iters / dt
+    try:
+        if measure is not None:
+            return float(measure(model, img_size, batch, str(device), precision == "bf16", warmup, iters))
+        model.eval()
+        x = torch.randn(batch, 3, img_size, img_size, device=device)
+        times = []
+        with torch.inference_mode(), autocast(device, precision):
+            for i in range(warmup + iters):
+                t0 = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+        return batch / sorted(times)[len(times) // 2]
+    finally:
+        model.train(was_training)

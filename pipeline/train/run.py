@@ -202,7 +202,8 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
             log(f"  {who or 'student '}{split}: top-1 {acc.top1:.2f}%, top-5 {acc.top5:.2f}% ({acc.images} images)")
     out["params_m"] = count_params_m(student)
     out["gflops"] = gflops(student, img_size)
-    out["throughput"] = throughput(student, img_size, recipe.throughput_batch, recipe.throughput_iters, device)
+    out["throughput"] = throughput(student, img_size, recipe.throughput_batch, recipe.throughput_iters, device,
+                                   precision)
     return {k: out[k] for k in METRIC_KEYS}
 
 
