@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, StageError, KeyError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if params.launch.launcher == "local":
+        from pipeline.launch.local import watch_parent
+
+        watch_parent()  # `dvc repro` killed: stop too, and the workers follow (they watch this pid)
     run_stage(spec)
     return 0
 

@@ -11,10 +11,12 @@ launcher's pid and exits when it is gone (`watch_launcher`).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +63,34 @@ def watch_launcher(pid: int | None, interval_s: float = 1.0) -> None:
                 pass
 
     threading.Thread(target=_watch, name="watch-launcher", daemon=True).start()
+
+
+def watch_parent(interval_s: float = 1.0) -> None:
+    """Exit this process soon after its parent dies (it is then re-parented). A training stage
+    run by `dvc repro` uses it: killing DVC must not leave a launcher (and its workers) behind."""
+    parent = os.getppid()
+
+    def _watch():
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                print(f"parent process {parent} is gone; stopping", file=sys.stderr, flush=True)
+                os._exit(3)
+
+    threading.Thread(target=_watch, name="watch-parent", daemon=True).start()
+
+
+@contextmanager
+def shared_lock(path: str | Path):
+    """Held (shared) by every worker of a run for its lifetime; see pipeline.train.stage."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _tail(path: Path, pos: int, sink) -> int:

@@ -117,6 +117,15 @@ def build_model(spec: RunSpec, num_classes: int):
 
 def train_worker(spec: RunSpec) -> dict | None:
     """The body of one rank. Returns the final metrics on rank 0, None elsewhere."""
+    from pipeline.launch.local import shared_lock
+
+    from .stage import workers_lock_path
+
+    with shared_lock(workers_lock_path(spec)):
+        return _train_worker(spec)
+
+
+def _train_worker(spec: RunSpec) -> dict | None:
     from pipeline.launch.local import distributed_env, share_cpu_threads, watch_launcher
 
     from .checkpoint import CheckpointStore, atomic_torch_save

@@ -48,23 +48,37 @@ def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", 
     return spec
 
 
+def workers_lock_path(spec: RunSpec) -> Path:
+    return spec.ckpt_dir.parent / f"{spec.stage}.workers.lock"
+
+
+def _flock_wait(f, path: Path, spec: RunSpec, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StageError(f"another run of {spec.stage} holds {path} (still running?); stop it first") from None
+            time.sleep(0.5)
+
+
 @contextmanager
 def stage_lock(spec: RunSpec, wait_s: float = 30.0):
-    """One live run per stage: a killed launcher's workers stop within seconds (they watch its
-    pid), so a rerun waits briefly for them instead of training beside them."""
+    """One live run per stage. The launcher holds `<stage>.lock`; every worker holds
+    `<stage>.workers.lock` shared for its lifetime. A killed launcher's workers stop within
+    seconds (they watch its pid), so a rerun waits briefly for both locks instead of training
+    beside a dying run and its half-written checkpoint."""
     path = spec.ckpt_dir.parent / f"{spec.stage}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StageError(f"another run of {spec.stage} holds {path}; stop it first") from None
-                time.sleep(0.5)
+        _flock_wait(f, path, spec, wait_s)
         try:
+            workers = workers_lock_path(spec)
+            with open(workers, "a+") as w:
+                _flock_wait(w, workers, spec, wait_s)  # the previous run's workers are gone
+                fcntl.flock(w, fcntl.LOCK_UN)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,138 @@
+"""The training stages under the real DVC, in a temporary copy of the repo (tiny built-in set and
+schedule, the real hiri_vit_s at 448 and 768): kill `dvc repro` mid-epoch and rerun it (resumes),
+metrics / plots / MLflow run, a second repro does nothing, one param reruns one stage, and
+fine-tuning starts from the 448 weights."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DVC = str(Path(sys.executable).parent / "dvc")
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]
+KEYS = {"top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "params_m", "gflops", "throughput"}
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture()
+def repo(tmp_path):
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dst = tmp_path / "repo"
+    for f in files:
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p["data"]["builtin"].update(num_classes=2, train_per_class=8, val_per_class=2, v2_per_class=2,
+                                min_side=64, max_side=96)
+    p["data"]["convert"]["max_sides"] = [512, 896]  # the sets 448 and 768 read
+    p["train"]["builtin"].update(epochs=2, max_steps_per_epoch=2, batch_size=4, micro_batch_size=4,
+                                 warmup_epochs=0, checkpoint_every_steps=1, log_every_steps=1, eval_batch_size=4,
+                                 throughput_batch=1, throughput_iters=1)
+    p["finetune"]["builtin"].update(max_steps_per_epoch=1, batch_size=2, micro_batch_size=2, eval_batch_size=2,
+                                    throughput_batch=1, throughput_iters=1)
+    (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SHELL": "/bin/bash",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: mlflow.db at the copy's root
+    env.pop("DS_ACCELERATOR", None)  # the stage must set it itself
+    run(["git", "init", "-q"], dst, env)
+    run(["git", "add", "-A"], dst, env)
+    run(["git", "commit", "-q", "-m", "copy"], dst, env)
+    return dst, env
+
+
+def _status(repo: Path, env: dict) -> set[str]:
+    return set(json.loads(run([DVC, "status", "--json"], repo, env)))
+
+
+def _wait_unlocked(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with open(path, "a+") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{path} still held: the killed run's workers live on"
+                time.sleep(0.2)
+
+
+def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
+    repo, env = repo
+    stage = "train_hiri_s_448"
+    ckpt = repo / "outputs" / "checkpoints" / stage
+
+    # 1. kill `dvc repro` (DVC itself, SIGKILL) once a mid-epoch checkpoint of epoch 2 exists
+    victim = subprocess.Popen([DVC, "repro", stage], cwd=repo, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    marker = ckpt / "step000000003" / "COMPLETE"
+    deadline = time.monotonic() + 900
+    while not marker.exists():
+        assert victim.poll() is None, victim.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _wait_unlocked(ckpt.parent / f"{stage}.workers.lock")  # launcher and workers followed DVC
+    assert not (repo / "metrics" / f"{stage}.json").exists()
+
+    # 2. rerun: resumes from the checkpoint instead of starting over
+    out = run([DVC, "repro", stage], repo, env)
+    assert "Running stage 'prepare_data'" not in out and f"Running stage '{stage}'" in out
+    assert "resuming from checkpoint step00000000" in out, out
+    metrics = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+    assert set(metrics) == KEYS and metrics["params_m"] > 30 and metrics["gflops"] > 4
+    curve = json.loads((repo / "plots" / f"{stage}.json").read_text())
+    assert [r["epoch"] for r in curve] == [1, 2] and {"loss", "lr", "val_top1", "img_per_s"} <= set(curve[0])
+    assert (repo / "outputs" / stage / "model.pt").is_file() and not ckpt.exists()
+    assert "top1" in run([DVC, "metrics", "show"], repo, env)
+
+    # 3. MLflow, default store at the repo root: one run (the resumed one continued it), curves
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("table2-imagenet")
+    (mrun,) = client.search_runs([exp.experiment_id])
+    assert mrun.info.run_name == "hiri_vit_s@448" and mrun.info.status == "FINISHED"
+    assert mrun.data.tags["dvc_stage"] == stage and len(mrun.data.tags["git_commit"]) == 40
+    assert KEYS <= set(mrun.data.metrics) and "recipe.lr" in mrun.data.params
+    assert [m.step for m in client.get_metric_history(mrun.info.run_id, "val_top1")] == [2, 4]
+
+    # 4. nothing changed: nothing runs
+    assert "Running stage" not in run([DVC, "repro", stage], repo, env)
+
+    # 5. fine-tuning at 768 starts from the 448 weights
+    out = run([DVC, "repro", "finetune_hiri_s_768"], repo, env)
+    assert f"initialised from {repo / 'outputs' / stage / 'model.pt'}" in out
+    assert f"Running stage '{stage}'" not in out
+    assert set(json.loads((repo / "metrics" / "finetune_hiri_s_768.json").read_text())) == KEYS
+    (ft,) = client.search_runs([client.get_experiment_by_name("table3-imagenet-768").experiment_id])
+    assert ft.info.run_name == "hiri_vit_s@768"
+
+    # 6. one training parameter of train_hiri_s_448: only that stage changes
+    before = _status(repo, env)
+    assert stage not in before and "finetune_hiri_s_768" not in before and "convert_imagenet" not in before
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["train"]["runs"]["hiri_s_448"]["seed"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    assert _status(repo, env) - before == {stage}
+    dry = run([DVC, "repro", "--dry", "finetune_hiri_s_768"], repo, env)
+    assert f"Running stage '{stage}'" in dry and "Running stage 'convert_imagenet'" not in dry
