@@ -1,7 +1,8 @@
 """Inference throughput of HIRI-ViT S/B/L (plain and BN-folded) against timm baselines.
 
-All models random-initialised, eval mode, the same batch size, thread count and process; each
-model is warmed up, then timed over several repeats and the median reported. Prints a markdown
+All models random-initialised, eval mode, the same batch size, thread count and process; every
+model is warmed up, then timed once per round over several rounds (models interleaved) and its
+median reported. Prints a markdown
 table with GFLOPs (fvcore multiply-adds), images/s and the ratio to PVTv2-B2.
 
     python bench/throughput.py                    # this machine's CPU, the README table
@@ -29,24 +30,33 @@ BASELINES = [("pvt_v2_b2", 224), ("swin_tiny_patch4_window7_224", 224), ("convne
 REFERENCE = "pvt_v2_b2"
 
 
-def measure(model: torch.nn.Module, res: int, batch: int, device: str, amp: bool, warmup: int, repeats: int) -> float:
+def make_step(model: torch.nn.Module, res: int, batch: int, device: str, amp: bool):
     x = torch.randn(batch, 3, res, res, device=device)
     model = model.to(device).eval()
 
-    def step():
+    def step() -> float:
+        t0 = time.perf_counter()
         with torch.inference_mode(), torch.autocast(device.split(":")[0], torch.bfloat16, enabled=amp):
             model(x)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return step
+
+
+def measure_interleaved(steps: dict, batch: int, warmup: int, repeats: int) -> dict:
+    """Median images/s per model. Rounds interleave the models (each round times every model
+    once), so a passing load on the machine hits all models alike instead of one model's run."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {key: [] for key in steps}
+    for r in range(repeats):
+        for key, step in steps.items():
+            times[key].append(step())
+        print(f"  round {r + 1}/{repeats} done", file=sys.stderr, flush=True)
+    return {key: batch / statistics.median(t) for key, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    runs = []
+    rows, steps = [], {}
     for name, res in BASELINES[:1] + HIRI + BASELINES[1:]:
         if args.only and name not in args.only and name != REFERENCE:
             continue
@@ -72,14 +82,17 @@ def main(argv: list[str] | None = None) -> None:
         if name.startswith("hiri"):
             variants.append((" (folded)", fold_batchnorm(model)))
         for suffix, m in variants:
-            ips = measure(m, res, args.batch_size, args.device, args.amp, args.warmup, args.repeats)
-            runs.append((name + suffix, res, gflops, ips))
-            print(f"  measured {name + suffix} @ {res}: {ips:.1f} img/s", file=sys.stderr, flush=True)
+            key = (name + suffix, res)
+            rows.append((*key, gflops))
+            steps[key] = make_step(m, res, args.batch_size, args.device, args.amp)
+        print(f"  built {name} @ {res}", file=sys.stderr, flush=True)
+    ips = measure_interleaved(steps, args.batch_size, args.warmup, args.repeats)
+    runs = [(name, res, gflops, ips[(name, res)]) for name, res, gflops in rows]
 
     ref = next(ips for name, _, _, ips in runs if name == REFERENCE)
     device = args.device if args.device != "cpu" else f"cpu, {args.threads} threads"
-    print(f"\nInference throughput ({device}, batch {args.batch_size}, median of {args.repeats} after "
-          f"{args.warmup} warm-up{', bf16' if args.amp else ', fp32'}; torch {torch.__version__})\n")
+    print(f"\nInference throughput ({device}, batch {args.batch_size}, median of {args.repeats} interleaved rounds "
+          f"after {args.warmup} warm-up{', bf16' if args.amp else ', fp32'}; torch {torch.__version__})\n")
     print("| model | res | GFLOPs | img/s | ratio to pvt_v2_b2 |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, res, gflops, ips in runs:
