@@ -52,3 +52,30 @@ def _without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
     if name.endswith(".kv.bias"):
         return t[t.numel() // 2:]
     return t
+
+
+def _rank_zero_fails():
+    import time
+
+    import torch.distributed as dist
+
+    from pipeline.launch.local import distributed_env
+
+    env = distributed_env()
+    if env["rank"] == 0:
+        raise RuntimeError("rank 0 broke")
+    dist.init_process_group("gloo")  # would wait for rank 0's store until the 30-minute timeout
+    time.sleep(600)
+
+
+def test_a_failed_rank_stops_the_others_and_names_itself(tmp_path, monkeypatch):
+    import time
+
+    from pipeline.config import LaunchParams
+    from pipeline.launch.local import LaunchError, run_local
+
+    monkeypatch.setenv("MASTER_PORT", "1")  # an inherited rendezvous must not leak into the job
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError, match=r"rank 0 failed, the other ranks were stopped(.|\n)*rank 0 broke"):
+        run_local(_rank_zero_fails, launch=LaunchParams(tasks=2), folder=tmp_path, name="t")
+    assert time.monotonic() - t0 < 120

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sys
 import threading
 import time
@@ -110,6 +111,48 @@ def _tail(path: Path, pos: int, sink) -> int:
     return pos
 
 
+_RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _fresh_rendezvous():
+    """LocalExecutor hands the tasks this process's environment: drop any rendezvous variables
+    inherited from elsewhere (a job this one runs inside, a benchmark's own process group) and
+    give the job a free port, which TorchDistributedEnvironment then exports."""
+    saved = {k: os.environ.pop(k) for k in _RENDEZVOUS_VARS if k in os.environ}
+    os.environ["MASTER_PORT"] = str(_free_port())
+    try:
+        yield
+    finally:
+        os.environ.pop("MASTER_PORT", None)
+        os.environ.update(saved)
+
+
+def _failed_task(tasks) -> tuple[int, str] | None:
+    """(rank, traceback) of a task that already wrote an error result while others still run.
+    A LocalJob's sub-jobs share the controller's state, so read the result files directly."""
+    from submitit.core.utils import pickle_load
+
+    if len(tasks) < 2:
+        return None
+    for rank, t in enumerate(tasks):
+        path = t.paths.result_pickle
+        if path.exists():
+            try:
+                outcome, payload = pickle_load(path)
+            except Exception:  # noqa: BLE001 - still being written
+                continue
+            if outcome == "error":
+                return rank, str(payload)
+    return None
+
+
 def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, name: str, echo=sys.stdout):
     """Run fn(*args) as `launch.tasks` processes with LocalExecutor; echo rank 0's output while it
     runs; return rank 0's result, or raise LaunchError with the failing task's log tail."""
@@ -120,12 +163,19 @@ def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, nam
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(tasks_per_node=launch.tasks, nodes=1, timeout_min=launch.timeout_min,
                                gpus_per_node=0, name=name)
-    job = executor.submit(fn, *args)
+    with _fresh_rendezvous():
+        job = executor.submit(fn, *args)
     tasks = [job.task(i) for i in range(launch.tasks)] if launch.tasks > 1 else [job]
     out_pos = err_pos = 0
     while not job.done():
         out_pos = _tail(tasks[0].paths.stdout, out_pos, echo)
         err_pos = _tail(tasks[0].paths.stderr, err_pos, sys.stderr)
+        failed = _failed_task(tasks)
+        if failed is not None:
+            # one rank died: the others would wait in a collective until gloo's timeout
+            job.cancel(check=False)
+            rank, trace = failed
+            raise LaunchError(f"{name}: rank {rank} failed, the other ranks were stopped:\n{trace}")
         time.sleep(0.5)
     _tail(tasks[0].paths.stdout, out_pos, echo)
     _tail(tasks[0].paths.stderr, err_pos, sys.stderr)
