@@ -96,3 +96,19 @@ def test_precision_resolution():
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+
+
+def test_stage_refuses_paper_profile_without_dataset_paths(tmp_path, raw, capsys):
+    from stages.train import main
+
+    raw["profile"] = "paper"
+    assert main(["hiri_s_448", "--params", str(_write(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err
+    assert "data.imagenet" in err and "data.imagenet_v2" in err
+
+
+def test_stage_names_an_unknown_run(tmp_path, raw, capsys):
+    from stages.train import main
+
+    assert main(["hiri_x_448", "--params", str(_write(tmp_path, raw))]) == 2
+    assert "no run 'hiri_x_448'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from pipeline.config import RecipeParams
 from .checkpoint import CheckpointStore, set_rng_state
 from .data import epoch_batches
 from .ema_distill import EmaTeacher, distill_target, teacher_target
-from .engine import BatchLayout
+from .engine import BatchLayout, zero_stage
 from .evaluate import accuracy, autocast
 from .mixing import RecordingMixup
 from .progress import Progress, fmt_eta, log
@@ -180,7 +180,7 @@ class Trainer:
         if self.rank == 0 and not resumed:
             log(f"[{self.name}] {self.recipe.epochs} epochs x {self.steps_per_epoch} steps, global batch "
                 f"{self.layout.global_batch} = {self.layout.micro_batch} x {self.layout.accumulation} accumulation "
-                f"x {self.world} ranks, precision {self.precision}, ZeRO stage {self.recipe.zero_stage}")
+                f"x {self.world} ranks, precision {self.precision}, ZeRO stage {zero_stage(self.recipe, self.world)}")
         self.engine.train()
         while self.state.epoch < self.recipe.epochs:
             epoch = self.state.epoch
