@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { echo "test: .venv/ missing; run scripts/setup.sh first" >&2; exit 1; }
 export DS_ACCELERATOR=cpu
+# Tests and the commands they start (dvc, the stages' `python -m ...`) use the project venv.
+export PATH="$PWD/.venv/bin:$PATH"
 # SLURM-marked tests need the one-node SLURM: bring it up (failing loudly if it cannot start), and
 # stop it afterwards only if this run started it (a cluster someone already had up stays up).
 if bash slurm/local/up.sh --is-up; then slurm_owned=0; else

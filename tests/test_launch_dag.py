@@ -10,27 +10,41 @@ import pytest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.dvc]
 REPO = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def _queue() -> list[str]:
     return subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
-@pytest.fixture
-def repo(tmp_path):
-    if not (REPO / "data" / "ffcv").is_dir():
-        pytest.skip("needs data/ffcv: run `dvc repro convert_imagenet` first")
-    dst = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def base_repo(tmp_path_factory):
+    """A copy of the tracked tree with the built-in betons in place (made here when the checkout
+    has none, as in CI's fresh clone), shared by the tests of this module."""
+    dst = tmp_path_factory.mktemp("launch") / "repo"
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if (REPO / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, dst / f)
-    for d in (".dvc", "data", "metrics"):
-        shutil.copytree(REPO / d, dst / d, dirs_exist_ok=True)
-    for f in ("dvc.lock",):
-        if (REPO / f).exists():
-            shutil.copy2(REPO / f, dst / f)
+    shutil.copytree(REPO / ".dvc", dst / ".dvc", dirs_exist_ok=True)
+    if (REPO / "data" / "ffcv").is_dir():
+        for d in ("data", "metrics"):
+            shutil.copytree(REPO / d, dst / d, dirs_exist_ok=True)
+        if (REPO / "dvc.lock").exists():
+            shutil.copy2(REPO / "dvc.lock", dst / "dvc.lock")
+    else:
+        subprocess.run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm t", shell=True,
+                       cwd=dst, check=True)
+        subprocess.run([DVC, "repro", "convert_imagenet"], cwd=dst, check=True, capture_output=True)
+        shutil.rmtree(dst / ".git")
+    return dst
+
+
+@pytest.fixture
+def repo(base_repo, tmp_path):
+    dst = tmp_path / "repo"
+    shutil.copytree(base_repo, dst, symlinks=True)
     params = (dst / "params.yaml").read_text().replace("  launcher: local", "  launcher: slurm\n  profile: local")
     (dst / "params.yaml").write_text(params)
     subprocess.run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm t", shell=True,
@@ -56,7 +70,7 @@ def test_launch_submits_independent_stages_together_and_repro_attaches(repo):
     again = _launch(repo, "train_hiri_s_448", "train_hiri_s_224")
     assert again.returncode == 0 and again.stdout.count("already submitted as job") == 2, again.stdout
     # dvc repro attaches to the running job (killed after it says so: the job must keep running)
-    p = subprocess.Popen(["dvc", "repro", "train_hiri_s_224"], cwd=repo, stdout=subprocess.PIPE,
+    p = subprocess.Popen([DVC, "repro", "train_hiri_s_224"], cwd=repo, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     seen = ""
     for line in p.stdout:
