@@ -115,6 +115,8 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     assert mrun.data.tags["dvc_stage"] == stage and len(mrun.data.tags["git_commit"]) == 40
     assert KEYS <= set(mrun.data.metrics) and "recipe.lr" in mrun.data.params
     assert [m.step for m in client.get_metric_history(mrun.info.run_id, "val_top1")] == [2, 4]
+    artifacts = {a.path for d in ("plots", "metrics") for a in client.list_artifacts(mrun.info.run_id, d)}
+    assert artifacts == {f"plots/{stage}.json", f"plots/{stage}_curves.png", f"metrics/{stage}.json"}
 
     # 4. nothing changed: nothing runs
     assert "Running stage" not in run([DVC, "repro", stage], repo, env)

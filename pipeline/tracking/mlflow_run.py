@@ -109,10 +109,10 @@ class Tracker:
         if items:
             self._safe("logging metrics", self._client.log_batch, self.run_id, metrics=items)
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not self.enabled or self._client is None:
             return
-        self._safe(f"logging artifact {path}", self._client.log_artifact, self.run_id, str(path))
+        self._safe(f"logging artifact {path}", self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
         if not self.enabled or self._client is None:

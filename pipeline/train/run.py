@@ -183,8 +183,8 @@ def _train_worker(spec: RunSpec) -> dict | None:
         if tracker is not None:
             tracker.log_metrics(metrics, step=trainer.state.step)
             for path in _plot_artifacts(spec, history):
-                tracker.log_artifact(path)
-            tracker.log_artifact(spec.metrics_file)
+                tracker.log_artifact(path, "plots")
+            tracker.log_artifact(spec.metrics_file, "metrics")
             tracker.finish()
         log(f"[{spec.stage}] done: " + ", ".join(f"{k} {metrics[k]:.2f}" for k in METRIC_KEYS))
         result = metrics
