@@ -107,6 +107,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, recipe, self.steps_per_epoch, base_lr)
         self.state = LoopState()
         self.last_tag: str | None = None
+        self._rng_to_restore: dict | None = None  # set by resume(): RNG states of a mid-epoch checkpoint
 
     # -- checkpoints ----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -173,7 +174,7 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         resumed = self.resume()
-        rng = getattr(self, "_rng_to_restore", None)
+        rng = self._rng_to_restore
         progress = Progress(self.name, self.total_steps, self.layout.global_batch, self.state.step)
         log_every = self.recipe.log_every_steps
         ckpt_every = self.recipe.checkpoint_every_steps
@@ -227,11 +228,11 @@ class Trainer:
         return self.state.history
 
     def _end_epoch(self, epoch, loss_sum, loss_n, images, t_train, progress) -> dict:
-        loss_sum, loss_n, images, t_max = _all_sum([loss_sum, loss_n, images, t_train])
+        loss_sum, loss_n, images, t_sum = _all_sum([loss_sum, loss_n, images, t_train])
         row = {"epoch": epoch + 1, "step": self.state.step,
                "loss": loss_sum / loss_n if loss_n else float("nan"),
                "lr": current_lr(self.optimizer),
-               "img_per_s": images / (t_max / self.world) if t_max > 0 else 0.0}
+               "img_per_s": images / (t_sum / self.world) if t_sum > 0 else 0.0}  # over the mean rank time
         val_top1 = float("nan")
         if self.rank == 0 and self.val_batches is not None:
             val_top1 = accuracy(self.engine.module, self.val_batches, self.device, self.precision).top1
