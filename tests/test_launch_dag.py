@@ -1,20 +1,23 @@
 """`python -m pipeline.launch` against the real local SLURM, in a temporary copy of the repo."""
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from submitit.core.utils import pickle_load
 
 pytestmark = [pytest.mark.slurm, pytest.mark.dvc]
 REPO = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
 
 
-def _queue() -> list[str]:
-    return subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True).stdout.splitlines()
+def _queue(fmt: str = "%i %j") -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", fmt], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +94,51 @@ def test_bad_partition_submits_nothing(repo):
     assert out.returncode == 2 and "kinds.pretraining.partition: partition 'nope' does not exist" in out.stderr
     assert set(_queue()) <= set(before)  # no new job (earlier tests' cancelled jobs may leave the queue)
     assert not (repo / "outputs" / "slurm" / "jobs" / "train_hiri_s_448.json").exists()
+
+
+def test_finetune_chained_behind_its_448_stage_in_one_launch(repo):
+    before = _queue()
+    out = _launch(repo, "finetune_hiri_s_768")
+    assert out.returncode == 0, out.stderr
+    train_id = re.search(r"train_hiri_s_448: submitted job (\d+)", out.stdout).group(1)
+    ft = re.search(r"finetune_hiri_s_768: submitted job (\d+) \(after (\d+)\)", out.stdout)
+    assert ft and ft.group(2) == train_id, out.stdout
+    deps = {line.split()[0]: line.split()[1] for line in _queue("%i %E") if line not in before}
+    assert deps[ft.group(1)].startswith(f"afterok:{train_id}"), deps
+    # the fine-tune job starts from the weights the 448 job stages, before dvc repro collects them
+    rec = json.loads((repo / "outputs" / "slurm" / "jobs" / "train_hiri_s_448.json").read_text())
+    spec = pickle_load(next(Path(repo / "outputs" / "submitit" / "finetune_hiri_s_768").glob(
+        f"{ft.group(1)}_submitted.pkl"))).args[0]
+    assert spec.init_weights == Path(rec["staged"]) / "out" / "model.pt"
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_training_as_a_slurm_job_to_completion(repo):
+    """The acceptance path at a smaller scale: `dvc repro train_hiri_s_224` with launcher slurm
+    submits the job, waits, collects its outputs; the MLflow run carries the SLURM job id; a
+    second `dvc repro` finds the stage up to date."""
+    params = (repo / "params.yaml").read_text()
+    params = params.replace("    max_steps_per_epoch: 35", "    max_steps_per_epoch: 3").replace(
+        "    epochs: 2\n    warmup_epochs: 0.25", "    epochs: 1\n    warmup_epochs: 0.25")
+    (repo / "params.yaml").write_text(params)
+    p = subprocess.Popen([DVC, "repro", "train_hiri_s_224"], cwd=repo, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    seen, job_id, in_queue = "", None, False
+    for line in p.stdout:
+        seen += line
+        m = re.search(r"\[slurm\] submitted job (\d+)", line)
+        if m:
+            job_id = m.group(1)
+            in_queue = any(q.split()[0] == job_id for q in _queue())
+    assert p.wait(timeout=1200) == 0, seen[-4000:]
+    assert job_id and in_queue, seen
+    metrics = json.loads((repo / "metrics" / "train_hiri_s_224.json").read_text())
+    assert metrics["top1"] is not None and 0 <= metrics["top1"] <= 100
+    assert (repo / "outputs" / "train_hiri_s_224" / "model.pt").is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("table2-imagenet").experiment_id])
+    assert [r.data.tags.get("slurm_job_id") for r in runs] == [job_id]
+    again = subprocess.run([DVC, "repro", "train_hiri_s_224"], cwd=repo, capture_output=True, text=True)
+    assert again.returncode == 0 and "[slurm]" not in again.stdout, again.stdout

@@ -3,6 +3,7 @@ Nothing here is mocked: jobs go through sbatch, state comes from squeue/scontrol
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -76,30 +77,48 @@ def test_job_state_without_sacct_success_and_failure(tmp_path):
     assert bad.done(force_check=True) and bad.state == "FAILED"
 
 
+def _log_text(rec: dict) -> str:
+    path = Path(rec["folder"], f"{rec['job_id']}_0_log.out")
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _wait_for_line(rec: dict, text: str, timeout_s: float = 600) -> None:
+    deadline = time.time() + timeout_s
+    while text not in _log_text(rec):
+        assert cluster.job_state(rec["job_id"]) in cluster.ACTIVE, Path(rec["stderr"]).read_text()[-2000:]
+        assert time.time() < deadline, f"{text!r} not logged within {timeout_s} s"
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
-def test_requeue_mid_run_resumes_and_matches_uninterrupted(tmp_path):
-    """Two real training jobs side by side; one is `scontrol requeue`d after its first checkpoint.
-    It must restart (Restarts=1), resume from the checkpoint, and end with the same weights and metrics."""
-    recipe = dict(epochs=1, max_steps_per_epoch=6, checkpoint_every_steps=2)
-    ref_spec, rq_spec = _slurm_spec(tmp_path / "ref", **recipe), _slurm_spec(tmp_path / "rq", **recipe)
-    ref, rq = slurm.submit(ref_spec, "ref"), slurm.submit(rq_spec, "rq")
-    latest = rq_spec.ckpt_dir / "latest"
-    deadline = time.time() + 600
-    while not latest.exists():
-        assert cluster.job_state(rq["job_id"]) in cluster.ACTIVE, Path(rq["stderr"]).read_text()[-2000:]
-        assert time.time() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(1)
-    assert not Path(rq["result"]).exists()  # mid-run
-    subprocess.run(["scontrol", "requeue", rq["job_id"]], check=True)
-    m_rq, m_ref = slurm.wait(rq, poll_s=2), slurm.wait(ref, poll_s=2)
-    show = subprocess.run(["scontrol", "show", "job", rq["job_id"]], capture_output=True, text=True).stdout
-    assert "Restarts=1" in show
-    assert "resuming from checkpoint" in Path(rq["folder"], f"{rq['job_id']}_0_log.out").read_text()
-    for spec, rec in ((ref_spec, ref), (rq_spec, rq)):
-        slurm.collect(spec, rec)
-    keys = [k for k in m_ref if k != "throughput"]
-    assert {k: m_rq[k] for k in keys} == {k: m_ref[k] for k in keys}
-    a, b = (torch.load(s.out_dir / "model.pt", weights_only=False) for s in (ref_spec, rq_spec))
-    for name, t in a["student"].items():
-        assert torch.equal(t, b["student"][name]), name
-    assert json.loads(rq_spec.metrics_file.read_text())["top1"] == round(m_rq["top1"], 4)  # collected into place
+def test_stop_signals_save_requeue_resume_and_match_uninterrupted(tmp_path):
+    """Real training jobs; one is `scontrol requeue`d (SIGTERM), one gets SLURM's warning signal
+    (USR2, what --signal sends before the time limit or at preemption) mid-epoch. Periodic
+    checkpoints are off: each must save at the signal, be requeued, resume from that very step,
+    and end with the uninterrupted run's weights, metrics and curve."""
+    recipe = dict(epochs=2, max_steps_per_epoch=3, checkpoint_every_steps=1000)
+    specs = {name: _slurm_spec(tmp_path / name, **recipe) for name in ("ref", "term", "usr2")}
+    recs = {name: slurm.submit(spec, name) for name, spec in specs.items()}
+    signals = {"term": ["scontrol", "requeue"], "usr2": ["scancel", "--signal=USR2"]}
+    for name, cmd in signals.items():
+        _wait_for_line(recs[name], "epoch 1/2 step 1/6")  # training, mid-epoch
+        subprocess.run([*cmd, recs[name]["job_id"]], check=True)
+    metrics = {name: slurm.wait(rec, poll_s=2) for name, rec in recs.items()}
+    for name, spec in specs.items():
+        slurm.collect(spec, recs[name])
+    for name in signals:
+        rec = recs[name]
+        show = subprocess.run(["scontrol", "show", "job", rec["job_id"]], capture_output=True, text=True).stdout
+        assert "Restarts=1" in show, (name, show)
+        log = _log_text(rec)
+        saved = re.search(r"stop signal: checkpoint (step\d+) written", log)
+        assert saved, (name, log[-3000:])
+        assert f"resuming from checkpoint {saved.group(1)}" in log, (name, log[-3000:])
+        keys = [k for k in metrics["ref"] if k != "throughput"]
+        assert {k: metrics[name][k] for k in keys} == {k: metrics["ref"][k] for k in keys}, name
+        a, b = (torch.load(specs[n].out_dir / "model.pt", weights_only=False) for n in ("ref", name))
+        for key, t in a["student"].items():
+            assert torch.equal(t, b["student"][key]), (name, key)
+        curves = [json.loads(specs[n].plots_file.read_text()) for n in ("ref", name)]
+        assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]], name  # resumed epoch's row too
+    assert json.loads(specs["term"].metrics_file.read_text())["top1"] == round(metrics["term"]["top1"], 4)

@@ -90,15 +90,29 @@ def manifest_files(manifest: dict, split: str, ffcv_dir: str | Path) -> list[tup
     return scan.files
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """worker_init_fn: a worker killed by SLURM's SIGTERM/SIGUSR2 would fail the training process
+    before it saves its checkpoint; the workers end with the training process instead."""
+    import signal
+
+    for s in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def _torchvision(files, transform, batch_size, num_workers, shuffle, drop_last, distributed, seed):
     sampler = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(files, shuffle=shuffle, seed=seed, drop_last=drop_last)
     gen = torch.Generator().manual_seed(seed)
+    # Workers are started afresh each epoch (not persistent): their RNGs are then seeded from the
+    # generator, which the training loop reseeds per (seed, epoch), so an epoch's augmentations
+    # are the same in a resumed run as in an uninterrupted one. SLURM's stop signals reach every
+    # process of a job; the workers ignore them and the training process saves (train.preempt).
     loader = torch.utils.data.DataLoader(
         FileList(files, transform), batch_size=batch_size, shuffle=shuffle and sampler is None,
         sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=gen,
-        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
     return loader, sampler
 
 

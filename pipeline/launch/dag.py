@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import slurm
+from . import cluster, slurm
 from .cluster import SubmissionError
 from .stagekey import load_stages, stage_key, upstream
 
@@ -58,11 +58,23 @@ def closure(stages: dict, targets: list[str]) -> list[str]:
     return order
 
 
-def _spec(params, stage: str, root: Path):
+def _spec(params, stage: str, root: Path, plan: list[str]):
+    """The stage's run. A fine-tuning stage whose 448 stage is in the same plan starts from the
+    weights that stage's job will stage (dvc repro has not collected them yet when it runs)."""
     from pipeline.train.stage import make_spec
 
     kind, key = stage.split("_", 1)
-    return make_spec(params, kind, key, repo_root=root)
+    init = None
+    if kind == "finetune":
+        up = f"train_{params.finetune.run(key).init_from}"
+        if up in plan:
+            init = slurm.staged_dir(root, up, stage_key(root, up)) / "out" / "model.pt"
+    return make_spec(params, kind, key, repo_root=root, init_weights=init)
+
+
+def _pending(rec: dict) -> bool:
+    """Whether a dependency on this job is still needed (a finished job may be gone from SLURM)."""
+    return cluster.job_state(rec["job_id"]) in cluster.ACTIVE
 
 
 def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[str, dict]:
@@ -83,14 +95,14 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
                                       f"run `dvc repro {n}` first")
             plan.append(n)
     # validate everything before the first sbatch: specs (inputs present) and the live partitions
-    specs = {n: _spec(params, n, root) for n in plan}
+    specs = {n: _spec(params, n, root, plan) for n in plan}
     for n in plan:
         slurm.executor_for(specs[n], root / "outputs" / "submitit" / n)
     submitted: dict[str, dict] = {}
     new_ids: list[str] = []
     try:
         for n in plan:
-            deps = [submitted[u]["job_id"] for u in upstream(stages, n) if u in submitted]
+            deps = [submitted[u]["job_id"] for u in upstream(stages, n) if u in submitted and _pending(submitted[u])]
             rec = slurm.submit(specs[n], stage_key(root, n), dependency=deps or None)
             submitted[n] = rec
             if not rec["attached"]:

@@ -81,13 +81,18 @@ def jobs_dir(repo_root: Path) -> Path:
     return Path(repo_root) / "outputs" / "slurm" / "jobs"
 
 
+def staged_dir(repo_root: Path, stage: str, key: str) -> Path:
+    """Where the job of (stage, key) writes its outputs (out/, metrics.json, plots.json)."""
+    return Path(repo_root) / "outputs" / "slurm" / "staged" / stage / key
+
+
 def staged_spec(spec, key: str):
     """The spec the SLURM job runs: outputs staged under the key, ranks from the profile, no
     launcher pid to watch (the job must outlive the shell that submitted it)."""
     req = load_profile(spec.params.launch.profile).request(stage_kind(spec.stage))
     launch = spec.params.launch.model_copy(update={"tasks": req.world_size})
     params = spec.params.model_copy(update={"launch": launch})
-    staged = Path(spec.repo_root) / "outputs" / "slurm" / "staged" / spec.stage / key
+    staged = staged_dir(spec.repo_root, spec.stage, key)
     return replace(spec, params=params, launcher_pid=None, out_dir=staged / "out",
                    metrics_file=staged / "metrics.json", plots_file=staged / "plots.json")
 

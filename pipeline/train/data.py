@@ -7,10 +7,13 @@ does that for both backends so that a given (seed, epoch) always yields the same
 FFCV derives its order from (seed, `next_epoch`); for torchvision the shuffling generator is
 reseeded from (seed, epoch) and a distributed sampler gets `set_epoch`.
 
-Augmentation draws are reproducible only on the torchvision backend without worker processes
-(the transforms then draw from the main process RNGs, which checkpoints restore). FFCV's
-numba-compiled crops and worker threads draw from unseeded per-thread generators, so there a
-resumed run restores weights, optimiser, schedule and data order exactly, but not the crops.
+Augmentation draws are reproducible on the torchvision backend: without worker processes the
+transforms draw from the main process RNGs, which checkpoints restore; with workers, each epoch
+starts fresh workers seeded from the reseeded generator, and a resumed epoch still draws the
+batches it skips, so every worker's RNG is where it was. FFCV's numba-compiled crops and worker
+threads draw from unseeded per-thread generators, so there a resumed run restores weights,
+optimiser, schedule and data order exactly, but not the crops (nor do two uninterrupted runs
+agree on them).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Per micro-batch: the EMA teacher's probability maps of the unmixed batch, timm M
 EMA-distillation target (pipeline.train.ema_distill), forward, soft-target cross-entropy, a
 finiteness check, `engine.backward`, `engine.step` (DeepSpeed accumulates, reduces, clips and
 steps at the accumulation boundary). Per optimiser step: learning rate, EMA update, progress line,
-periodic checkpoint. Per epoch: validation Top-1, a curve row, a checkpoint.
+periodic checkpoint, and (in a SLURM job) a checkpoint at a stop signal (pipeline.train.preempt).
+Per epoch: validation Top-1, a curve row, a checkpoint.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from timm.utils import distribute_bn
 
 from pipeline.config import RecipeParams
 
-from .checkpoint import CheckpointStore, set_rng_state
+from .checkpoint import CheckpointStore, set_rng_state, tag_for
 from .data import epoch_batches
 from .ema_distill import EmaTeacher, distill_target, teacher_target
 from .engine import BatchLayout, zero_stage
 from .evaluate import accuracy, autocast
 from .mixing import RecordingMixup
+from .preempt import Preempted, StopRequests
 from .progress import Progress, fmt_eta, log
 from .schedule import build_scheduler, current_lr
 
@@ -62,21 +64,25 @@ class LoopState:
     micro_in_epoch: int = 0  # micro-batches of that epoch already trained
     step: int = 0  # optimiser steps done
     history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    # the epoch in progress so far: loss sum, micro-batches, images, training seconds; kept in
+    # checkpoints so that a resumed epoch's curve row is the uninterrupted run's
+    partial: list[float] = field(default_factory=lambda: [0.0, 0, 0, 0.0])
 
     def client_state(self) -> dict:
         return {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "step": self.step,
-                "history": self.history}
+                "history": self.history, "partial": list(self.partial)}
 
     @classmethod
     def from_client_state(cls, s: dict) -> "LoopState":
-        return cls(s["epoch"], s["micro_in_epoch"], s["step"], list(s["history"]))
+        return cls(s["epoch"], s["micro_in_epoch"], s["step"], list(s["history"]),
+                   list(s.get("partial", [0.0, 0, 0, 0.0])))
 
 
 class Trainer:
     def __init__(self, *, name: str, engine, optimizer, teacher: EmaTeacher, recipe: RecipeParams,
                  layout: BatchLayout, train_batches, val_batches, num_classes: int, seed: int,
                  device: torch.device, precision: str, store: CheckpointStore, base_lr: float,
-                 on_epoch=None):
+                 on_epoch=None, stop: StopRequests | None = None):
         self.name = name
         self.engine = engine
         self.optimizer = optimizer
@@ -90,6 +96,7 @@ class Trainer:
         self.precision = precision
         self.store = store
         self.on_epoch = on_epoch  # callback(row) on rank 0 after each epoch (MLflow)
+        self.stop = stop  # SLURM stop signals, acted on at optimiser-step boundaries
         self.rank, self.world = _world()
         self.mixup = build_mixup(recipe, num_classes)
         self.criterion = SoftTargetCrossEntropy()
@@ -190,7 +197,7 @@ class Trainer:
             if skip == 0:  # an epoch boundary: the epoch seeding above is what an uninterrupted run used
                 rng = None
             it = epoch_batches(self.train_batches, epoch, self.seed)
-            loss_sum, loss_n, images, t_train = 0.0, 0, 0, 0.0
+            loss_sum, loss_n, images, t_train = self.state.partial if skip else (0.0, 0, 0, 0.0)
             for micro, (x, y) in enumerate(it):
                 if micro >= self.micro_per_epoch:
                     break
@@ -205,6 +212,7 @@ class Trainer:
                 loss_sum, loss_n, images = loss_sum + loss, loss_n + 1, images + len(y)
                 progress.count(len(y) * self.world)
                 self.state.micro_in_epoch = micro + 1
+                self.state.partial = [loss_sum, loss_n, images, t_train]
                 if (micro + 1) % self.layout.accumulation:
                     continue
                 self.state.step += 1
@@ -217,15 +225,35 @@ class Trainer:
                 if self.rank == 0 and (self.state.step % log_every == 0):
                     log(progress.line(epoch, self.recipe.epochs, self.state.step, loss,
                                       current_lr(self.optimizer)))
-                if self.state.step % ckpt_every == 0 and self.state.micro_in_epoch < self.micro_per_epoch:
+                mid_epoch = self.state.micro_in_epoch < self.micro_per_epoch  # else the epoch end saves
+                if self.state.step % ckpt_every == 0 and mid_epoch:
                     self.save()
+                if mid_epoch:
+                    self._stop_if_signalled()
             row = self._end_epoch(epoch, loss_sum, loss_n, images, t_train, progress)
             self.state.history.append(row)
-            self.state.epoch, self.state.micro_in_epoch = epoch + 1, 0
+            self.state.epoch, self.state.micro_in_epoch, self.state.partial = epoch + 1, 0, [0.0, 0, 0, 0.0]
             self.save()
             if self.rank == 0 and self.on_epoch is not None:
                 self.on_epoch(row)
+            if self.state.epoch < self.recipe.epochs:
+                self._stop_if_signalled()
         return self.state.history
+
+    def _stop_if_signalled(self) -> None:
+        """At an optimiser-step boundary: if any rank was signalled, save (unless this step's
+        checkpoint exists already) and raise Preempted on every rank."""
+        if self.stop is None:
+            return
+        signum = self.stop.agreed()
+        if not signum:
+            return
+        if self.last_tag != tag_for(self.state.step):
+            self.save()
+        if self.rank == 0:
+            log(f"[{self.name}] stop signal: checkpoint {self.last_tag} written at step {self.state.step}"
+                f"/{self.total_steps}; the requeued job resumes from it")
+        raise Preempted(signum, self.state.step)
 
     def _end_epoch(self, epoch, loss_sum, loss_n, images, t_train, progress) -> dict:
         loss_sum, loss_n, images, t_sum = _all_sum([loss_sum, loss_n, images, t_train])

@@ -132,9 +132,11 @@ def _train_worker(spec: RunSpec) -> dict | None:
     from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
     from .ema_distill import EmaTeacher
     from .loop import Trainer
+    from .preempt import Preempted, StopRequests
     from .progress import log
 
     watch_launcher(spec.launcher_pid)
+    stop = StopRequests() if _in_slurm_job() else None  # before the first step: a signal is never lost
     env = distributed_env()
     rank, world = env["rank"], env["world_size"]
     device = torch.device("cuda", env["local_rank"]) if torch.cuda.is_available() else torch.device("cpu")
@@ -163,9 +165,15 @@ def _train_worker(spec: RunSpec) -> dict | None:
                       layout=layout, train_batches=train_batches, val_batches=val, num_classes=data.num_classes,
                       seed=run.seed, device=device, precision=precision, store=store, base_lr=scaled_lr(recipe),
                       on_epoch=(lambda row: tracker.log_metrics(_curve_metrics(row), step=row["step"]))
-                      if tracker else None)
+                      if tracker else None, stop=stop)
     try:
         history = trainer.fit()
+    except Preempted as stopped:
+        if tracker is not None:
+            tracker.finish("KILLED")  # reopened (RUNNING) by the requeued job, which resumes it
+        log(f"[{spec.stage}] rank {rank}: {stopped}")
+        stop.hand_over(stopped.signum, rank)
+        raise
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
@@ -191,6 +199,15 @@ def _train_worker(spec: RunSpec) -> dict | None:
     store.clear()  # the final weights are written: a rerun starts afresh
     _close_run_id(spec)
     return result
+
+
+def _in_slurm_job() -> bool:
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().cluster == "slurm"
+    except RuntimeError:  # not inside a submitit job at all (tests calling the worker directly)
+        return False
 
 
 def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log) -> dict:

@@ -24,7 +24,11 @@ class StageError(RuntimeError):
     """A stage cannot start: missing inputs, or another run of it is still going."""
 
 
-def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", **extra) -> RunSpec:
+def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", init_weights: Path | None = None,
+              **extra) -> RunSpec:
+    """The run of stage `<kind>_<key>`. A fine-tuning run starts from its 448 stage's model.pt, which
+    must exist, unless `init_weights` names where an upstream job will have written it (a chain
+    submitted at once by `python -m pipeline.launch`)."""
     if kind not in ("train", "finetune"):
         raise ValueError(f"kind must be 'train' or 'finetune', got {kind!r}")
     root = Path(repo_root).resolve()
@@ -32,7 +36,9 @@ def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", 
     run = section.run(key)  # KeyError naming the known runs
     stage = f"{kind}_{key}"
     init = None
-    if kind == "finetune":
+    if kind == "finetune" and init_weights is not None:
+        init = Path(init_weights)
+    elif kind == "finetune":
         init = root / "outputs" / f"train_{run.init_from}" / "model.pt"
         if not init.is_file():
             raise StageError(f"{init}: not found; fine-tuning {stage} starts from train_{run.init_from}'s weights "

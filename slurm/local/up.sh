@@ -80,7 +80,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
-KillWait=10
+KillWait=30
 SchedulerParameters=sched_interval=2
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
@@ -91,8 +91,11 @@ SlurmdLogFile=$STATE/logs/slurmd.log
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=$PART_MAX_TIME State=UP
 CONF
+# KillWait: SIGTERM -> SIGKILL grace (SLURM's default 30 s); a signalled training job saves its
+# checkpoint inside it (pipeline/train/preempt.py).
 # Rewrite only when it changed, so an unchanged rerun does not disturb running daemons.
-if ! cmp -s "$tmp" "$CONF"; then install -m 0644 "$tmp" "$CONF"; fi
+changed=0
+if ! cmp -s "$tmp" "$CONF"; then install -m 0644 "$tmp" "$CONF"; changed=1; fi
 rm -f "$tmp"
 
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -119,6 +122,10 @@ if ! scontrol ping >/dev/null 2>&1; then
   slurmctld -f "$CONF" || die "slurmctld did not start: $(tail -20 "$STATE/logs/slurmctld.log")"
   for _ in $(seq 60); do scontrol ping >/dev/null 2>&1 && break; sleep 0.5; done
   scontrol ping >/dev/null 2>&1 || die "slurmctld does not answer: $(tail -20 "$STATE/logs/slurmctld.log")"
+fi
+if [ "$changed" = 1 ] && scontrol ping >/dev/null 2>&1; then
+  log "configuration changed: scontrol reconfigure"
+  scontrol reconfigure || die "scontrol reconfigure failed; see $STATE/logs/slurmctld.log"
 fi
 if ! alive "$STATE/pids/slurmd.pid"; then
   log "starting slurmd"
