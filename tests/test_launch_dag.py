@@ -48,7 +48,7 @@ def base_repo(tmp_path_factory):
 def repo(base_repo, tmp_path):
     dst = tmp_path / "repo"
     shutil.copytree(base_repo, dst, symlinks=True)
-    params = (dst / "params.yaml").read_text().replace("  launcher: local", "  launcher: slurm\n  profile: local")
+    params = (dst / "params.yaml").read_text().replace("  launcher: local ", "  launcher: slurm ")
     (dst / "params.yaml").write_text(params)
     subprocess.run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm t", shell=True,
                    cwd=dst, check=True)
