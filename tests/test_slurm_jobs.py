@@ -21,12 +21,12 @@ def _queue() -> list[str]:
     return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
 
 
-def _slurm_spec(root: Path, **recipe):
+def _slurm_spec(root: Path, n_train: int = 16, **recipe):
     from pipeline.train.synthetic import smoke_params, smoke_spec
 
     p = smoke_params(**recipe)
     p = p.model_copy(update={"launch": p.launch.model_copy(update={"launcher": "slurm", "profile": "local"})})
-    return smoke_spec(root, p, n_train=16, n_val=4)
+    return smoke_spec(root, p, n_train=n_train, n_val=4)
 
 
 def test_sacct_is_really_absent():
@@ -122,3 +122,45 @@ def test_stop_signals_save_requeue_resume_and_match_uninterrupted(tmp_path):
         curves = [json.loads(specs[n].plots_file.read_text()) for n in ("ref", name)]
         assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]], name  # resumed epoch's row too
     assert json.loads(specs["term"].metrics_file.read_text())["top1"] == round(metrics["term"]["top1"], 4)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_rank_job_saves_at_signal_together_and_matches_one_process(tmp_path, monkeypatch):
+    """Two tasks of one SLURM job (gloo on CPU; NCCL on GPU nodes): rank, world size and
+    rendezvous from submitit's JobEnvironment, as on N nodes. Requeued mid-run, both ranks save
+    their ZeRO-2 partitions at the signal and resume; the result matches one local process with
+    the same global batch (see test_train_distributed for why these tolerances and exclusions)."""
+    from pipeline.train.stage import run_stage
+    from tests.test_train_distributed import _without_key_bias
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    profile = load_profile("local")
+    two = profile.model_copy(update={"kinds": {**profile.kinds, "pretraining": profile.kinds["pretraining"].model_copy(
+        update={"tasks_per_node": 2})}})
+    monkeypatch.setattr(slurm, "load_profile", lambda name: two)
+    recipe = dict(epochs=1, max_steps_per_epoch=4, batch_size=4, micro_batch_size=2, zero_stage=2,
+                  checkpoint_every_steps=1000, mix={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 0.0,
+                                                    "switch_prob": 0.5, "label_smoothing": 0.1},
+                  ema={"decay": 0.9, "warmup": False, "alpha": 1.0})
+    spec = _slurm_spec(tmp_path / "slurm2", n_train=24, **recipe)
+    rec = slurm.submit(spec, "two")
+    _wait_for_line(rec, "step 1/4")
+    subprocess.run(["scontrol", "requeue", rec["job_id"]], check=True)
+    slurm.wait(rec, poll_s=2)
+    slurm.collect(spec, rec)
+    log = _log_text(rec)
+    assert "x 2 ranks" in log and "ZeRO stage 2" in log, log[-3000:]
+    saved = re.search(r"stop signal: checkpoint (step\d+) written", log)
+    assert saved and f"resuming from checkpoint {saved.group(1)}" in log, log[-3000:]
+    assert not spec.ckpt_dir.exists()  # the finished run clears its checkpoints
+
+    from pipeline.train.synthetic import smoke_params, smoke_spec
+
+    local = smoke_spec(tmp_path / "local1", smoke_params(tasks=1, **recipe), n_train=24, n_val=4)
+    run_stage(local)
+    a, b = (torch.load(s.out_dir / "model.pt", weights_only=False)["student"] for s in (local, spec))
+    for k in a:
+        if a[k].is_floating_point() and "running_" not in k:
+            x, y = _without_key_bias(k, a[k].float()), _without_key_bias(k, b[k].float())
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), f"{k}: max |diff| {(x - y).abs().max():.3g}"

@@ -94,9 +94,13 @@ def shared_lock(path: str | Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _tail(path: Path, pos: int, sink) -> int:
+def follow(path: Path, pos: int, sink) -> int:
+    """Copy the whole lines that `path` gained since byte `pos` to `sink`; return the new position.
+    A file that shrank was rewritten (a requeued SLURM job reopens its log): start it over."""
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < pos:
+                pos = 0
             f.seek(pos)
             data = f.read()
     except FileNotFoundError:
@@ -168,8 +172,8 @@ def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, nam
     tasks = [job.task(i) for i in range(launch.tasks)] if launch.tasks > 1 else [job]
     out_pos = err_pos = 0
     while not job.done():
-        out_pos = _tail(tasks[0].paths.stdout, out_pos, echo)
-        err_pos = _tail(tasks[0].paths.stderr, err_pos, sys.stderr)
+        out_pos = follow(tasks[0].paths.stdout, out_pos, echo)
+        err_pos = follow(tasks[0].paths.stderr, err_pos, sys.stderr)
         failed = _failed_task(tasks)
         if failed is not None:
             # one rank died: the others would wait in a collective until gloo's timeout
@@ -177,8 +181,8 @@ def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, nam
             rank, trace = failed
             raise LaunchError(f"{name}: rank {rank} failed, the other ranks were stopped:\n{trace}")
         time.sleep(0.5)
-    _tail(tasks[0].paths.stdout, out_pos, echo)
-    _tail(tasks[0].paths.stderr, err_pos, sys.stderr)
+    follow(tasks[0].paths.stdout, out_pos, echo)
+    follow(tasks[0].paths.stderr, err_pos, sys.stderr)
     try:
         results = job.results()
     except Exception as err:  # noqa: BLE001 - submitit re-raises the task's failure

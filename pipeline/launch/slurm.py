@@ -38,6 +38,7 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from . import cluster
+from .local import follow
 from .profiles import load_profile, stage_kind
 
 # job states after which no result is coming
@@ -182,18 +183,22 @@ def _tail(path: str, lines: int = 40) -> str:
 
 
 def wait(rec: dict, poll_s: float = 3.0, echo=sys.stdout) -> dict:
-    """Wait for the recorded job; return rank 0's result, or raise SlurmJobError with its stderr tail."""
+    """Wait for the recorded job, echoing its state changes and rank 0's output (the progress
+    lines); return rank 0's result, or raise SlurmJobError with its stderr tail."""
     job = QueueJob(folder=rec["folder"], job_id=rec["job_id"])
     result = Path(rec["result"])
-    last = None
+    out = Path(rec["folder"]) / f"{rec['job_id']}_0_log.out"
+    last, pos = None, 0
     while True:
         state = cluster.job_state(rec["job_id"])
         if state != last:
             print(f"[slurm] job {rec['job_id']} ({rec['stage']}): {state}", file=echo, flush=True)
             last = state
+        pos = follow(out, pos, echo)
         if result.exists() or state not in cluster.ACTIVE:
             break
         time.sleep(poll_s)
+    follow(out, pos, echo)
     for _ in range(20):  # the result file can lag the state on a shared file system
         if result.exists():
             break
