@@ -28,11 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, StageError, KeyError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if params.launch.launcher == "local":
-        from pipeline.launch.local import watch_parent
+    from pipeline.launch.cluster import SubmissionError
+    from pipeline.launch.local import LaunchError, watch_parent
+    from pipeline.launch.profiles import ProfileError
+    from pipeline.launch.slurm import SlurmJobError
 
+    if params.launch.launcher == "local":
         watch_parent()  # `dvc repro` killed: stop too, and the workers follow (they watch this pid)
-    run_stage(spec)
+    try:
+        run_stage(spec)
+    except (LaunchError, SlurmJobError, SubmissionError, ProfileError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)  # the message carries the job's log tail
+        return 1
     return 0
 
 

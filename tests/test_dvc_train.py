@@ -6,57 +6,35 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-DVC = str(Path(sys.executable).parent / "dvc")
+from tests.kill import sigkill_once_exists
+from tests.repo_copy import DVC, copy_repo, repo_env, run
+
 pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 KEYS = {"top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "params_m", "gflops", "throughput"}
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout + res.stderr
-
-
 @pytest.fixture()
 def repo(tmp_path):
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dst = tmp_path / "repo"
-    for f in files:
-        if (REPO / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    p = yaml.safe_load((dst / "params.yaml").read_text())
-    p["data"]["builtin"].update(num_classes=2, train_per_class=8, val_per_class=2, v2_per_class=2,
-                                min_side=64, max_side=96)
-    p["data"]["convert"]["max_sides"] = [512, 896]  # the sets 448 and 768 read
-    p["train"]["builtin"].update(epochs=2, max_steps_per_epoch=2, batch_size=4, micro_batch_size=4,
-                                 warmup_epochs=0, checkpoint_every_steps=1, log_every_steps=1, eval_batch_size=4,
-                                 throughput_batch=1, throughput_iters=1)
-    p["finetune"]["builtin"].update(max_steps_per_epoch=1, batch_size=2, micro_batch_size=2, eval_batch_size=2,
-                                    throughput_batch=1, throughput_iters=1)
-    (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SHELL": "/bin/bash",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: mlflow.db at the copy's root
-    env.pop("DS_ACCELERATOR", None)  # the stage must set it itself
-    run(["git", "init", "-q"], dst, env)
-    run(["git", "add", "-A"], dst, env)
-    run(["git", "commit", "-q", "-m", "copy"], dst, env)
-    return dst, env
+    def tiny(p):
+        p["data"]["builtin"].update(num_classes=2, train_per_class=8, val_per_class=2, v2_per_class=2,
+                                    min_side=64, max_side=96)
+        p["data"]["convert"]["max_sides"] = [512, 896]  # the sets 448 and 768 read
+        p["train"]["builtin"].update(epochs=2, max_steps_per_epoch=2, batch_size=4, micro_batch_size=4,
+                                     warmup_epochs=0, checkpoint_every_steps=1, log_every_steps=1, eval_batch_size=4,
+                                     throughput_batch=1, throughput_iters=1)
+        p["finetune"]["builtin"].update(max_steps_per_epoch=1, batch_size=2, micro_batch_size=2, eval_batch_size=2,
+                                        throughput_batch=1, throughput_iters=1)
+
+    # the default store (mlflow.db at the copy's root); DS_ACCELERATOR: the stage must set it itself
+    env = repo_env(SHELL="/bin/bash", MLFLOW_TRACKING_URI=None, DS_ACCELERATOR=None)
+    return copy_repo(tmp_path / "repo", tiny), env
 
 
 def _status(repo: Path, env: dict) -> set[str]:
@@ -83,14 +61,7 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     # 1. kill `dvc repro` (DVC itself, SIGKILL) once a mid-epoch checkpoint of epoch 2 exists
     victim = subprocess.Popen([DVC, "repro", stage], cwd=repo, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    marker = ckpt / "step000000003" / "COMPLETE"
-    deadline = time.monotonic() + 900
-    while not marker.exists():
-        assert victim.poll() is None, victim.stdout.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    sigkill_once_exists(victim, ckpt / "step000000003" / "COMPLETE", timeout_s=900)
     _wait_unlocked(ckpt.parent / f"{stage}.workers.lock")  # launcher and workers followed DVC
     assert not (repo / "metrics" / f"{stage}.json").exists()
 

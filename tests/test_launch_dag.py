@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from submitit.core.utils import pickle_load
 
+from tests.repo_copy import DVC, commit_all, copy_repo, repo_env, run
+
 pytestmark = [pytest.mark.slurm, pytest.mark.dvc]
-REPO = Path(__file__).resolve().parents[1]
-DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def _queue(fmt: str = "%i %j") -> list[str]:
@@ -22,25 +22,9 @@ def _queue(fmt: str = "%i %j") -> list[str]:
 
 @pytest.fixture(scope="module")
 def base_repo(tmp_path_factory):
-    """A copy of the tracked tree with the built-in betons in place (made here when the checkout
-    has none, as in CI's fresh clone), shared by the tests of this module."""
-    dst = tmp_path_factory.mktemp("launch") / "repo"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    shutil.copytree(REPO / ".dvc", dst / ".dvc", dirs_exist_ok=True)
-    if (REPO / "data" / "ffcv").is_dir():
-        for d in ("data", "metrics"):
-            shutil.copytree(REPO / d, dst / d, dirs_exist_ok=True)
-        if (REPO / "dvc.lock").exists():
-            shutil.copy2(REPO / "dvc.lock", dst / "dvc.lock")
-    else:
-        subprocess.run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm t", shell=True,
-                       cwd=dst, check=True)
-        subprocess.run([DVC, "repro", "convert_imagenet"], cwd=dst, check=True, capture_output=True)
-        shutil.rmtree(dst / ".git")
+    """A copy of the checkout with the built-in betons made in it, shared by this module's tests."""
+    dst = copy_repo(tmp_path_factory.mktemp("launch") / "repo", skip=("metrics/", "plots/", "reports/"))
+    run([DVC, "repro", "convert_imagenet"], dst, repo_env())
     return dst
 
 
@@ -50,8 +34,7 @@ def repo(base_repo, tmp_path):
     shutil.copytree(base_repo, dst, symlinks=True)
     params = (dst / "params.yaml").read_text().replace("  launcher: local ", "  launcher: slurm ")
     (dst / "params.yaml").write_text(params)
-    subprocess.run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm t", shell=True,
-                   cwd=dst, check=True)
+    commit_all(dst)
     yield dst
     ids = [line.split()[0] for line in _queue()]
     mine = [i for i in ids if (dst / "outputs" / "slurm" / "jobs").exists()
@@ -142,3 +125,15 @@ def test_dvc_repro_runs_training_as_a_slurm_job_to_completion(repo):
     assert [r.data.tags.get("slurm_job_id") for r in runs] == [job_id]
     again = subprocess.run([DVC, "repro", "train_hiri_s_224"], cwd=repo, capture_output=True, text=True)
     assert again.returncode == 0 and "[slurm]" not in again.stdout, again.stdout
+
+
+def test_failed_job_shows_its_stderr_in_the_stage_error_and_is_resubmitted(repo):
+    prof = repo / "slurm" / "profiles" / "local.yaml"
+    prof.write_text(prof.read_text().replace("    - export DS_ACCELERATOR=cpu",
+                                             "    - echo 'module load: no such module' >&2\n    - exit 3"))
+    out = subprocess.run([DVC, "repro", "train_hiri_s_224"], cwd=repo, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert re.search(r"error: train_hiri_s_224: SLURM job \d+ ended FAILED", text), text[-3000:]
+    assert "ExitCode 3" in text and "module load: no such module" in text and "Traceback" not in text, text[-3000:]
+    assert not (repo / "outputs" / "slurm" / "jobs" / "train_hiri_s_224.json").exists()  # next repro submits afresh

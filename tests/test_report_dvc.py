@@ -4,47 +4,26 @@ paper's MLflow runs."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.repo_copy import copy_repo, repo_env, run
+
 pytestmark = pytest.mark.dvc
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout + res.stderr
 
 
 @pytest.fixture()
 def repo_copy(tmp_path):
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dst = tmp_path / "repo"
-    for f in files:
-        if (REPO / f).is_file() and not f.startswith(("metrics/", "reports/", "plots/")):
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["report"]["fig1"].update(hiri_resolutions=[224], swin_resolutions=[224], warmup=0, repeats=1)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    def quick_fig1(params):
+        params["report"]["fig1"].update(hiri_resolutions=[224], swin_resolutions=[224], warmup=0, repeats=1)
+
+    dst = copy_repo(tmp_path / "repo", quick_fig1, skip=("metrics/", "reports/", "plots/"))
     (dst / "metrics").mkdir(exist_ok=True)
-    db = tmp_path / "mlflow.db"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
-    run(["git", "init", "-q"], dst, env)
-    run(["git", "add", "-A"], dst, env)
-    run(["git", "commit", "-q", "-m", "copy"], dst, env)
-    return dst, env, f"sqlite:///{db}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return dst, repo_env(MLFLOW_TRACKING_URI=uri), uri
 
 
 def paper_run_count(uri: str) -> int:

@@ -1,5 +1,4 @@
 """params.yaml's training sections: validation with clear errors, batch layout, schedule, precision."""
-import copy
 
 import pytest
 import torch

@@ -2,10 +2,8 @@
 NaN handling, and SIGKILL + resume giving the same weights as an uninterrupted run."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from pipeline.launch.local import LaunchError
 from pipeline.train.checkpoint import MARKER
 from pipeline.train.stage import run_stage
 from pipeline.train.synthetic import smoke_params, smoke_spec
+from tests.kill import sigkill_once_exists
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -63,14 +62,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     # Same run, SIGKILLed (the launcher only, as when `dvc repro` is killed) once a mid-epoch
     # checkpoint of epoch 2 is complete, then started again.
     victim = _driver(b, cfg, env)
-    marker = b / "outputs" / "checkpoints" / "train_t" / "step000000004" / MARKER
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        assert victim.poll() is None, victim.stdout.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    sigkill_once_exists(victim, b / "outputs" / "checkpoints" / "train_t" / "step000000004" / MARKER, timeout_s=600)
     assert not (b / "outputs" / "train_t" / "model.pt").exists()
     rerun = _driver(b, cfg, env)
     out_b, _ = rerun.communicate(timeout=600)

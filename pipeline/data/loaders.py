@@ -38,6 +38,18 @@ class Batches:
     errors: list = field(default_factory=list)  # failures inside FFCV's loader thread
     _epoch: int = 0
 
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Make the next `iter()` epoch `epoch` (0-based) of a run seeded `seed`, whatever came
+        before: a resumed run starts mid-way. FFCV derives its order from (seed, next_epoch); the
+        torchvision generator (order, and the workers' seeds) is reseeded from (seed, epoch)."""
+        if self.backend == "ffcv":
+            self.loader.next_epoch = epoch
+        else:
+            gen = getattr(self.loader, "generator", None)
+            if gen is not None:
+                gen.manual_seed(seed * 100_003 + epoch)
+        self._epoch = epoch
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(self._epoch)

@@ -164,6 +164,10 @@ def submit(spec, key: str, dependency: list[str] | None = None) -> dict:
         rec = live_record(root, spec.stage, key)
         if rec:
             return {**rec, "attached": True}
+        old = read_record(root, spec.stage)
+        if old and cluster.job_state(old["job_id"]) in cluster.ACTIVE:
+            print(f"[slurm] note: job {old['job_id']} still runs {spec.stage} for other params or code "
+                  f"(key {old['key'][:12]}); `scancel {old['job_id']}` if it is no longer wanted", flush=True)
         job_spec = staged_spec(spec, key)
         shutil.rmtree(job_spec.out_dir.parent, ignore_errors=True)  # no leftovers of an earlier try
         folder = root / "outputs" / "submitit" / spec.stage

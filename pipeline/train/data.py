@@ -1,11 +1,9 @@
 """The training loop's view of the data: epoch-addressable training batches and evaluation sets.
 
 `ProjectData` wraps the loaders of pipeline.data (FFCV or torchvision over the conversion's
-manifest). The loop needs one thing they do not expose directly: to start *any* epoch, not only
-the next one, because a resumed run continues at the epoch it was killed in. `epoch_batches`
-does that for both backends so that a given (seed, epoch) always yields the same order:
-FFCV derives its order from (seed, `next_epoch`); for torchvision the shuffling generator is
-reseeded from (seed, epoch) and a distributed sampler gets `set_epoch`.
+manifest). The loop starts *any* epoch, not only the next one, because a resumed run continues at
+the epoch it was killed in: `epoch_batches` sets the epoch (`Batches.set_epoch`), so that a given
+(seed, epoch) always yields the same order.
 
 Augmentation draws are reproducible on the torchvision backend: without worker processes the
 transforms draw from the main process RNGs, which checkpoints restore; with workers, each epoch
@@ -35,15 +33,9 @@ class TrainData(Protocol):
 
 def epoch_batches(batches, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate the batches of `epoch` (0-based) of a pipeline.data `Batches` (or a plain iterable)."""
-    if hasattr(batches, "backend"):
-        if batches.backend == "ffcv":
-            batches.loader.next_epoch = epoch
-        else:
-            gen = getattr(batches.loader, "generator", None)
-            if gen is not None:
-                gen.manual_seed(seed * 100_003 + epoch)
-        batches._epoch = epoch  # Batches.__iter__ hands it to the distributed sampler's set_epoch
-    elif hasattr(batches, "set_epoch"):
+    if hasattr(batches, "backend"):  # pipeline.data's Batches
+        batches.set_epoch(epoch, seed)
+    elif hasattr(batches, "set_epoch"):  # the synthetic set of the tests
         batches.set_epoch(epoch)
     return iter(batches)
 
