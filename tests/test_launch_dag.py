@@ -130,7 +130,7 @@ def test_dvc_repro_runs_training_as_a_slurm_job_to_completion(repo):
 def test_failed_job_shows_its_stderr_in_the_stage_error_and_is_resubmitted(repo):
     prof = repo / "slurm" / "profiles" / "local.yaml"
     prof.write_text(prof.read_text().replace("    - export DS_ACCELERATOR=cpu",
-                                             "    - echo 'module load: no such module' >&2\n    - exit 3"))
+                                             "    - \"echo 'module load: no such module' >&2\"\n    - exit 3"))
     out = subprocess.run([DVC, "repro", "train_hiri_s_224"], cwd=repo, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode != 0
