@@ -95,35 +95,43 @@ def test_finetune_chained_behind_its_448_stage_in_one_launch(repo):
     assert spec.init_weights == Path(rec["staged"]) / "out" / "model.pt"
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_training_as_a_slurm_job_to_completion(repo):
-    """The acceptance path at a smaller scale: `dvc repro train_hiri_s_224` with launcher slurm
-    submits the job, waits, collects its outputs; the MLflow run carries the SLURM job id; a
-    second `dvc repro` finds the stage up to date."""
+def _shorten(repo: Path) -> None:
+    """The built-in schedule cut to one epoch of 3 steps: the whole path, in a minute or two."""
     params = (repo / "params.yaml").read_text()
     params = params.replace("    max_steps_per_epoch: 35", "    max_steps_per_epoch: 3").replace(
         "    epochs: 2\n    warmup_epochs: 0.25", "    epochs: 1\n    warmup_epochs: 0.25")
     (repo / "params.yaml").write_text(params)
-    p = subprocess.Popen([DVC, "repro", "train_hiri_s_224"], cwd=repo, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    seen, job_id, in_queue = "", None, False
-    for line in p.stdout:
-        seen += line
-        m = re.search(r"\[slurm\] submitted job (\d+)", line)
-        if m:
-            job_id = m.group(1)
-            in_queue = any(q.split()[0] == job_id for q in _queue())
-    assert p.wait(timeout=1200) == 0, seen[-4000:]
-    assert job_id and in_queue, seen
-    metrics = json.loads((repo / "metrics" / "train_hiri_s_224.json").read_text())
-    assert metrics["top1"] is not None and 0 <= metrics["top1"] <= 100
-    assert (repo / "outputs" / "train_hiri_s_224" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_launch_then_dvc_repro_attaches_to_both_jobs_to_completion(repo):
+    """The acceptance path at a smaller scale: two independent stages submitted at once, both in
+    squeue; `dvc repro` of both attaches to both jobs, submits nothing, collects their outputs;
+    each MLflow run carries its SLURM job id; a second `dvc repro` finds both up to date.
+    (`dvc repro` submitting a job itself: test_failed_job_shows_its_stderr..., and the README run.)"""
+    _shorten(repo)
+    out = _launch(repo, "train_hiri_s_224", "train_hiri_b_224")
+    assert out.returncode == 0, out.stderr
+    ids = dict(re.findall(r"(train_hiri_\w+): submitted job (\d+)", out.stdout))
+    assert set(ids) == {"train_hiri_s_224", "train_hiri_b_224"}, out.stdout
+    assert set(ids.values()) <= {line.split()[0] for line in _queue()}
+    rep = subprocess.run([DVC, "repro", "train_hiri_s_224", "train_hiri_b_224"], cwd=repo, capture_output=True,
+                         text=True, timeout=1200)
+    assert rep.returncode == 0, (rep.stdout + rep.stderr)[-4000:]
+    attached = dict(re.findall(r"\[slurm\] attached to job (\d+) for (train_hiri_\w+)", rep.stdout))
+    assert attached == {job: stage for stage, job in ids.items()}, rep.stdout
+    assert "[slurm] submitted" not in rep.stdout
+    assert "epoch 1/1 done" in rep.stdout  # the jobs' progress lines reach the dvc repro output
+    for stage in ids:
+        assert json.loads((repo / "metrics" / f"{stage}.json").read_text())["top1"] is not None
+        assert (repo / "outputs" / stage / "model.pt").is_file()
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("table2-imagenet").experiment_id])
-    assert [r.data.tags.get("slurm_job_id") for r in runs] == [job_id]
-    again = subprocess.run([DVC, "repro", "train_hiri_s_224"], cwd=repo, capture_output=True, text=True)
+    assert sorted(r.data.tags.get("slurm_job_id") for r in runs) == sorted(ids.values())
+    again = subprocess.run([DVC, "repro", "train_hiri_s_224", "train_hiri_b_224"], cwd=repo, capture_output=True,
+                           text=True)
     assert again.returncode == 0 and "[slurm]" not in again.stdout, again.stdout
 
 
