@@ -63,7 +63,9 @@ def _ok(x):
 
 def test_job_state_without_sacct_success_and_failure(tmp_path):
     ex = slurm.QueueExecutor(folder=tmp_path)
-    ex.update_parameters(partition="debug", time=2, cpus_per_task=1, mem="1G")
+    # time well over submitit's USR2 warning (90 s before the limit): a loaded machine may take
+    # half a minute to start Python, and a USR2 before submitit's handler is installed kills the job
+    ex.update_parameters(partition="debug", time=10, cpus_per_task=1, mem="1G")
     good, bad = ex.submit(_ok, 21), ex.submit(_crash)
     for job in (good, bad):
         rec = {"stage": "t", "job_id": job.job_id, "folder": str(tmp_path), "stderr": str(job.paths.stderr),
