@@ -146,26 +146,21 @@ def _write_record(repo_root: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def live_record(repo_root: Path, stage: str, key: str) -> dict | None:
-    """The recorded job for (stage, key) if it is queued, running, or finished successfully."""
-    rec = read_record(repo_root, stage)
-    if not rec or rec.get("key") != key:
-        return None
+def _attachable(rec: dict) -> bool:
+    """Whether the recorded job is queued, running, or finished with a result."""
     state = cluster.job_state(rec["job_id"])
-    if state in cluster.ACTIVE or state == "COMPLETED" or Path(rec["result"]).exists():
-        return rec
-    return None
+    return state in cluster.ACTIVE or state == "COMPLETED" or Path(rec["result"]).exists()
 
 
 def submit(spec, key: str, dependency: list[str] | None = None) -> dict:
     """Submit the stage's job (or return the live one with the same key); record it."""
     root = Path(spec.repo_root)
     with _locked(jobs_dir(root) / spec.stage):
-        rec = live_record(root, spec.stage, key)
-        if rec:
-            return {**rec, "attached": True}
         old = read_record(root, spec.stage)
-        if old and cluster.job_state(old["job_id"]) in cluster.ACTIVE:
+        if old and old.get("key") == key:
+            if _attachable(old):
+                return {**old, "attached": True}
+        elif old and cluster.job_state(old["job_id"]) in cluster.ACTIVE:
             print(f"[slurm] note: job {old['job_id']} still runs {spec.stage} for other params or code "
                   f"(key {old['key'][:12]}); `scancel {old['job_id']}` if it is no longer wanted", flush=True)
         job_spec = staged_spec(spec, key)
