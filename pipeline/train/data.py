@@ -33,10 +33,8 @@ class TrainData(Protocol):
 
 def epoch_batches(batches, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate the batches of `epoch` (0-based) of a pipeline.data `Batches` (or a plain iterable)."""
-    if hasattr(batches, "backend"):  # pipeline.data's Batches
+    if hasattr(batches, "set_epoch"):  # pipeline.data's Batches, the synthetic set of the tests
         batches.set_epoch(epoch, seed)
-    elif hasattr(batches, "set_epoch"):  # the synthetic set of the tests
-        batches.set_epoch(epoch)
     return iter(batches)
 
 

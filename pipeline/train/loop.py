@@ -197,7 +197,7 @@ class Trainer:
             if skip == 0:  # an epoch boundary: the epoch seeding above is what an uninterrupted run used
                 rng = None
             it = epoch_batches(self.train_batches, epoch, self.seed)
-            loss_sum, loss_n, images, t_train = self.state.partial if skip else (0.0, 0, 0, 0.0)
+            loss_sum, loss_n, images, t_train = self.state.partial  # zeros unless resumed mid-epoch
             for micro, (x, y) in enumerate(it):
                 if micro >= self.micro_per_epoch:
                     break

@@ -29,8 +29,8 @@ class SyntheticTrain:
     def __len__(self) -> int:  # micro-batches per rank per epoch
         return len(self.labels) // self.micro_batch // self.world
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        self.epoch = epoch  # the order derives from (the set's own seed, epoch)
 
     def __iter__(self):
         perm = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
