@@ -92,6 +92,11 @@ def _wait_for_line(rec: dict, text: str, timeout_s: float = 600) -> None:
         time.sleep(0.5)
 
 
+def _assert_resumed_from_its_signal_checkpoint(log: str, what: str) -> None:
+    saved = re.search(r"stop signal: checkpoint (step\d+) written", log)
+    assert saved and f"resuming from checkpoint {saved.group(1)}" in log, (what, log[-3000:])
+
+
 @pytest.mark.slow
 def test_stop_signals_save_requeue_resume_and_match_uninterrupted(tmp_path):
     """Real training jobs; one is `scontrol requeue`d (SIGTERM), one gets SLURM's warning signal
@@ -112,10 +117,7 @@ def test_stop_signals_save_requeue_resume_and_match_uninterrupted(tmp_path):
         rec = recs[name]
         show = subprocess.run(["scontrol", "show", "job", rec["job_id"]], capture_output=True, text=True).stdout
         assert "Restarts=1" in show, (name, show)
-        log = _log_text(rec)
-        saved = re.search(r"stop signal: checkpoint (step\d+) written", log)
-        assert saved, (name, log[-3000:])
-        assert f"resuming from checkpoint {saved.group(1)}" in log, (name, log[-3000:])
+        _assert_resumed_from_its_signal_checkpoint(_log_text(rec), name)
         keys = [k for k in metrics["ref"] if k != "throughput"]
         assert {k: metrics[name][k] for k in keys} == {k: metrics["ref"][k] for k in keys}, name
         a, b = (torch.load(specs[n].out_dir / "model.pt", weights_only=False) for n in ("ref", name))
@@ -132,19 +134,16 @@ def test_two_rank_job_saves_at_signal_together_and_matches_one_process(tmp_path,
     """Two tasks of one SLURM job (gloo on CPU; NCCL on GPU nodes): rank, world size and
     rendezvous from submitit's JobEnvironment, as on N nodes. Requeued mid-run, both ranks save
     their ZeRO-2 partitions at the signal and resume; the result matches one local process with
-    the same global batch (see test_train_distributed for why these tolerances and exclusions)."""
+    the same global batch (tests/rank_compare.py: why these tolerances and exclusions)."""
     from pipeline.train.stage import run_stage
-    from tests.test_train_distributed import _without_key_bias
+    from tests.rank_compare import RANK_INVARIANT_RECIPE, assert_students_match
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     profile = load_profile("local")
     two = profile.model_copy(update={"kinds": {**profile.kinds, "pretraining": profile.kinds["pretraining"].model_copy(
         update={"tasks_per_node": 2})}})
     monkeypatch.setattr(slurm, "load_profile", lambda name: two)
-    recipe = dict(epochs=1, max_steps_per_epoch=4, batch_size=4, micro_batch_size=2, zero_stage=2,
-                  checkpoint_every_steps=1000, mix={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 0.0,
-                                                    "switch_prob": 0.5, "label_smoothing": 0.1},
-                  ema={"decay": 0.9, "warmup": False, "alpha": 1.0})
+    recipe = dict(RANK_INVARIANT_RECIPE, max_steps_per_epoch=4, checkpoint_every_steps=1000)
     spec = _slurm_spec(tmp_path / "slurm2", n_train=24, **recipe)
     rec = slurm.submit(spec, "two")
     _wait_for_line(rec, "step 1/4")
@@ -153,16 +152,12 @@ def test_two_rank_job_saves_at_signal_together_and_matches_one_process(tmp_path,
     slurm.collect(spec, rec)
     log = _log_text(rec)
     assert "x 2 ranks" in log and "ZeRO stage 2" in log, log[-3000:]
-    saved = re.search(r"stop signal: checkpoint (step\d+) written", log)
-    assert saved and f"resuming from checkpoint {saved.group(1)}" in log, log[-3000:]
+    _assert_resumed_from_its_signal_checkpoint(log, "two ranks")
     assert not spec.ckpt_dir.exists()  # the finished run clears its checkpoints
 
     from pipeline.train.synthetic import smoke_params, smoke_spec
 
     local = smoke_spec(tmp_path / "local1", smoke_params(tasks=1, **recipe), n_train=24, n_val=4)
     run_stage(local)
-    a, b = (torch.load(s.out_dir / "model.pt", weights_only=False)["student"] for s in (local, spec))
-    for k in a:
-        if a[k].is_floating_point() and "running_" not in k:
-            x, y = _without_key_bias(k, a[k].float()), _without_key_bias(k, b[k].float())
-            assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), f"{k}: max |diff| {(x - y).abs().max():.3g}"
+    assert_students_match(*(torch.load(s.out_dir / "model.pt", weights_only=False)["student"]
+                            for s in (local, spec)))
