@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,25 +23,11 @@ import timm  # noqa: E402
 import pipeline.models  # noqa: E402,F401  (registers hiri_vit_*)
 from pipeline.models.deploy import fold_batchnorm  # noqa: E402
 from pipeline.models.flops import count_gflops  # noqa: E402
+from pipeline.train.evaluate import timed_forward  # noqa: E402
 
 HIRI = [(f"hiri_vit_{s}", r) for s in "sbl" for r in (224, 384, 448)]
 BASELINES = [("pvt_v2_b2", 224), ("swin_tiny_patch4_window7_224", 224), ("convnext_tiny", 224), ("resnet50", 224)]
 REFERENCE = "pvt_v2_b2"
-
-
-def make_step(model: torch.nn.Module, res: int, batch: int, device: str, amp: bool):
-    x = torch.randn(batch, 3, res, res, device=device)
-    model = model.to(device).eval()
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        with torch.inference_mode(), torch.autocast(device.split(":")[0], torch.bfloat16, enabled=amp):
-            model(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    return step
 
 
 def measure_interleaved(steps: dict, batch: int, warmup: int, repeats: int) -> dict:
@@ -84,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         for suffix, m in variants:
             key = (name + suffix, res)
             rows.append((*key, gflops))
-            steps[key] = make_step(m, res, args.batch_size, args.device, args.amp)
+            steps[key] = timed_forward(m, res, args.batch_size, torch.device(args.device),
+                                       "bf16" if args.amp else "fp32")
         print(f"  built {name} @ {res}", file=sys.stderr, flush=True)
     ips = measure_interleaved(steps, args.batch_size, args.warmup, args.repeats)
     runs = [(name, res, gflops, ips[(name, res)]) for name, res, gflops in rows]

@@ -6,6 +6,7 @@ multiply-adds from fvcore at batch 1, throughput is inference images/s at a fixe
 """
 from __future__ import annotations
 
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,40 +64,31 @@ def gflops(model: nn.Module, img_size: int) -> float:
     return count_gflops(model, img_size)
 
 
-def _foundation_measure():
-    """bench/throughput.py's `measure`, the Foundation benchmark's method (warm-up, then the
-    median time per batch over repeats), loaded from the file since bench/ is not a package."""
-    import importlib.util
-    from pathlib import Path
+def timed_forward(model: nn.Module, img_size: int, batch: int, device: torch.device, precision: str = "fp32"):
+    """A function that runs one inference batch of random input and returns its seconds: the
+    unit of bench/throughput.py and of `throughput` below. Puts the model in eval mode."""
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    model = model.to(device).eval()
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("_bench_throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, "measure", None)
+    def step() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode(), autocast(device, precision):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return step
 
 
 def throughput(model: nn.Module, img_size: int, batch: int, iters: int, device: torch.device,
                precision: str = "fp32", warmup: int = 1) -> float:
-    """Inference images/s on random input at a fixed batch, as bench/throughput.py measures it."""
-    measure = _foundation_measure()
+    """Inference images/s on random input at a fixed batch: warm-up, then the median batch time."""
     was_training = model.training
     try:
-        if measure is not None:
-            return float(measure(model, img_size, batch, str(device), precision == "bf16", warmup, iters))
-        model.eval()
-        x = torch.randn(batch, 3, img_size, img_size, device=device)
-        times = []
-        with torch.inference_mode(), autocast(device, precision):
-            for i in range(warmup + iters):
-                t0 = time.perf_counter()
-                model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-        return batch / sorted(times)[len(times) // 2]
+        step = timed_forward(model, img_size, batch, device, precision)
+        for _ in range(warmup):
+            step()
+        return batch / statistics.median(step() for _ in range(iters))
     finally:
         model.train(was_training)
