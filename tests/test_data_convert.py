@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,22 @@ def test_v2_labels_are_the_folder_indices(tmp_path):
                     pipelines={"image": None, "label": [IntDecoder()]})
     (labels,) = [b[0].ravel().tolist() for b in loader]
     assert labels == list(range(12))
+
+
+def test_same_input_and_settings_give_byte_identical_betons_whatever_the_workers(tmp_path):
+    from ffcv.reader import Reader
+
+    tiny_builtin(tmp_path / "b", classes=3, train=5, val=2, v2=1)
+    src = Sources(tmp_path / "b/imagenet/train", tmp_path / "b/imagenet/val", tmp_path / "b/imagenet_v2")
+    outs = {}
+    for workers, chunk in ((1, 4), (3, 2)):  # in-process, and the ordered decoding pool
+        out = tmp_path / f"out{workers}"
+        convert(src, out, tiny_convert_cfg(write_mode="proportion", num_workers=workers, chunk_size=chunk))
+        outs[workers] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert sorted(outs[1]) == sorted(outs[3]) and len(outs[1]) == 4  # manifest + 3 betons
+    for name, data in outs[1].items():
+        assert data == outs[3][name], name
+    manifest = json.loads(outs[1][Path(MANIFEST)])
+    assert "seconds" not in manifest and "num_workers" not in manifest["settings"]
+    modes = Reader(str(tmp_path / "out1/r64/train.beton")).metadata["f0"]["mode"]
+    assert set(modes.tolist()) == {0, 1}  # the JPEG share is drawn per image, not all or nothing
