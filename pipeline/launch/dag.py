@@ -58,9 +58,9 @@ def closure(stages: dict, targets: list[str]) -> list[str]:
     return order
 
 
-def _spec(params, stage: str, root: Path, plan: list[str]):
-    """The stage's run. A fine-tuning stage whose 448 stage is in the same plan starts from the
-    weights that stage's job will stage (dvc repro has not collected them yet when it runs)."""
+def _spec(params, stage: str, root: Path, plan: list[str], stages: dict):
+    """The stage's run. A fine-tuning stage whose init_from stage is in the same plan starts from
+    the weights that stage's job will stage (dvc repro has not collected them yet when it runs)."""
     from pipeline.train.stage import make_spec
 
     kind, key = stage.split("_", 1)
@@ -68,7 +68,7 @@ def _spec(params, stage: str, root: Path, plan: list[str]):
     if kind == "finetune":
         up = f"train_{params.finetune.run(key).init_from}"
         if up in plan:
-            init = slurm.staged_dir(root, up, stage_key(root, up)) / "out" / "model.pt"
+            init = slurm.staged_dir(root, up, stage_key(root, up, stages)) / "out" / "model.pt"
     return make_spec(params, kind, key, repo_root=root, init_weights=init)
 
 
@@ -84,7 +84,7 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
     params = load_params(root / "params.yaml")
     if params.launch.launcher != "slurm":
         raise LaunchPlanError("params.yaml launch.launcher is 'local': set launcher: slurm and a profile")
-    stages = load_stages(root)
+    stages = load_stages(root)  # as DVC resolves dvc.yaml (templated params and deps)
     order = closure(stages, targets)
     stale = stale_stages(root, targets)
     plan: list[str] = []
@@ -95,7 +95,7 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
                                       f"run `dvc repro {n}` first")
             plan.append(n)
     # validate everything before the first sbatch: specs (inputs present) and the live partitions
-    specs = {n: _spec(params, n, root, plan) for n in plan}
+    specs = {n: _spec(params, n, root, plan, stages) for n in plan}
     for n in plan:
         slurm.executor_for(specs[n], root / "outputs" / "submitit" / n)
     submitted: dict[str, dict] = {}
@@ -103,7 +103,7 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
     try:
         for n in plan:
             deps = [submitted[u]["job_id"] for u in upstream(stages, n) if u in submitted and _pending(submitted[u])]
-            rec = slurm.submit(specs[n], stage_key(root, n), dependency=deps or None)
+            rec = slurm.submit(specs[n], stage_key(root, n, stages), dependency=deps or None)
             submitted[n] = rec
             if not rec["attached"]:
                 new_ids.append(rec["job_id"])
