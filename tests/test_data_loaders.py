@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,13 +106,85 @@ def test_val_backends_agree_on_labels_and_pixels(tiny_betons):
 
 
 def test_a_failing_augmentation_raises_instead_of_hanging(same_images, monkeypatch):
-    from pipeline.data import transforms
+    from pipeline.data import ffcv_ops
 
-    def broken(cfg, resolution):
-        def fail(img):
-            raise ValueError("boom")
-        return fail
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
 
-    monkeypatch.setattr(transforms, "rand_augment", broken)
+    monkeypatch.setattr(ffcv_ops, "erase_one", broken)
     with pytest.raises(RuntimeError, match="ValueError: boom"):
-        next(iter(build_train_loader(data(), RES, 8, ffcv_dir=same_images, backend="ffcv")))
+        next(iter(build_train_loader(data(re_prob=1.0), RES, 8, ffcv_dir=same_images, backend="ffcv")))
+
+
+# --- reproducibility: every draw from (seed, epoch, sample index) ----------------------------------
+
+def epoch_batches_of(batches, epoch: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    batches.set_epoch(epoch, seed)
+    return [(x.clone(), y.clone()) for x, y in batches]  # FFCV reuses its buffers
+
+
+def same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "torchvision"])
+def test_batches_depend_on_seed_epoch_and_index_only(tiny_betons, backend):
+    import random
+
+    def build(workers, seed):
+        return build_train_loader(data(re_prob=0.5), RES, 6, ffcv_dir=tiny_betons, backend=backend,
+                                  num_workers=workers, seed=seed)
+
+    one = build(1, seed=3)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    run = [epoch_batches_of(one, e, 3) for e in (0, 1)]
+    # The loader leaves the global generators alone: the training step's Mixup and drop-path
+    # draw from them, seeded per epoch by the loop.
+    assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+    assert not same_batches(run[0], run[1]), "epochs 0 and 1 drew the same augmentations"
+    two = build(2, seed=3)
+    # A resumed run starts at epoch 1 in a new process with another worker count: same batches.
+    assert same_batches(epoch_batches_of(two, 1, 3), run[1])
+    assert same_batches(epoch_batches_of(two, 0, 3), run[0])
+    assert not same_batches(epoch_batches_of(build(1, seed=4), 0, 4), run[0]), "seed 4 gave seed 3's batches"
+
+
+SCRIPT = """
+import sys, time
+t = time.perf_counter()
+from pipeline.config import DataParams, LoaderParams
+from pipeline.data.loaders import build_train_loader
+b = build_train_loader(DataParams(loader=LoaderParams()), 56, 4, ffcv_dir=sys.argv[1], backend=sys.argv[2],
+                       num_workers=2)
+it = iter(b)
+x, y = next(it)
+if sys.argv[3] == "del":
+    del it
+print("took a batch", flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend,how", [("ffcv", "keep"), ("ffcv", "del"), ("torchvision", "keep")])
+def test_a_script_that_takes_one_batch_exits_at_once(tiny_betons, backend, how):
+    import subprocess
+    import sys
+    import time
+
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_betons), backend, how], capture_output=True,
+                         text=True, timeout=240, cwd=Path(__file__).resolve().parent.parent)
+    waited = time.perf_counter() - t
+    assert res.returncode == 0 and "took a batch" in res.stdout, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "Error" not in res.stderr, res.stderr[-2000:]
+    # What remains after the batch is the interpreter's exit: compare with the whole run.
+    assert waited < 120, f"{backend}: the script took {waited:.0f} s"
+
+
+def test_close_and_context_manager_stop_the_epoch(tiny_betons):
+    with build_train_loader(data(), RES, 6, ffcv_dir=tiny_betons, backend="torchvision", num_workers=2) as b:
+        it = iter(b)
+        next(it)
+        workers = b._running.iterator._workers
+        assert any(w.is_alive() for w in workers)
+    assert b._running.iterator is None and not any(w.is_alive() for w in workers)

@@ -9,6 +9,8 @@ one; it also sets torch's intra-op thread count to its worker count (ffcv.pipeli
 """
 from __future__ import annotations
 
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -18,15 +20,40 @@ import torch
 from pipeline.config import DataParams, LoaderParams, Params
 from pipeline.data import transforms as T
 from pipeline.data.images import load_rgb
+from pipeline.data.seeding import TORCHVISION, EpochCell, python_key
 from pipeline.data.manifest import ManifestError, beton_path, load_manifest, split_entry
 from pipeline.data.sources import FFCV_DIR
 
 Backend = Literal["ffcv", "torchvision"]
 
 
+class _Running:
+    """The epoch iterator a `Batches` has open, and how to stop it. Kept apart from `Batches` so that
+    a finalizer can hold it without keeping the `Batches` alive."""
+
+    def __init__(self):
+        self.iterator = None
+
+    def stop(self) -> None:
+        it, self.iterator = self.iterator, None
+        if it is None:
+            return
+        if hasattr(it, "terminate_event"):  # FFCV's EpochIterator: a thread filling a queue
+            it.close()
+            it.join(timeout=30)
+        elif hasattr(it, "_shutdown_workers"):  # torch's multi-process iterator
+            it._shutdown_workers()
+
+
 @dataclass
 class Batches:
-    """An iterable of (images, labels) batches; each `iter()` is one epoch."""
+    """An iterable of (images, labels) batches; each `iter()` is one epoch.
+
+    One epoch runs at a time: a new `iter()` stops the previous one. `close()` (or leaving a `with`
+    block) stops the running epoch's threads or worker processes at once; a `Batches` that is
+    dropped or still open at interpreter exit is closed by a finalizer, so a script that takes a
+    few batches and ends exits promptly.
+    """
 
     loader: object
     backend: str
@@ -36,30 +63,62 @@ class Batches:
     batch_size: int
     sampler: object = None  # torchvision + distributed: reshuffled per epoch
     errors: list = field(default_factory=list)  # failures inside FFCV's loader thread
+    cell: EpochCell | None = None  # (seed, epoch) the seeded augmentations read
     _epoch: int = 0
+
+    def __post_init__(self):
+        self._running = _Running()
+        self._finalizer = weakref.finalize(self, self._running.stop)
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Make the next `iter()` epoch `epoch` (0-based) of a run seeded `seed`, whatever came
-        before: a resumed run starts mid-way. FFCV derives its order from (seed, next_epoch); the
-        torchvision generator (order, and the workers' seeds) is reseeded from (seed, epoch)."""
-        if self.backend == "ffcv":
-            self.loader.next_epoch = epoch
-        else:
+        before: a resumed run starts mid-way. The order comes from (seed, epoch) (FFCV's loader,
+        or the torchvision generator reseeded here); every augmentation draw from (seed, epoch,
+        sample index)."""
+        if self.backend == "torchvision":
             gen = getattr(self.loader, "generator", None)
             if gen is not None:
                 gen.manual_seed(seed * 100_003 + epoch)
+        if self.cell is not None:
+            self.cell.set(seed, self.cell.epoch)
         self._epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self._epoch)
+        self._running.stop()  # the augmentations read the epoch: never two epochs at once
+        epoch = self._epoch
         self._epoch += 1
-        for images, labels in self.loader:
-            if self.errors:
-                err = self.errors[0]
-                raise RuntimeError(f"{self.backend} {self.split} pipeline failed in {len(self.errors)} place(s); "
-                                   f"first: {type(err).__name__}: {err}") from err
-            yield images, labels.long()
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        if self.cell is not None:
+            self.cell.set(self.cell.seed, epoch)
+        if self.backend == "ffcv":
+            self.loader.next_epoch = epoch
+        if isinstance(self.loader.dataset if hasattr(self.loader, "dataset") else None, FileList):
+            self.loader.dataset.set_epoch(self.cell.seed if self.cell else 0, epoch)
+        it = self._running.iterator = iter(self.loader)
+        return self._batches(it)
+
+    def _batches(self, it) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for images, labels in it:
+                if self.errors:
+                    err = self.errors[0]
+                    raise RuntimeError(f"{self.backend} {self.split} pipeline failed in {len(self.errors)} place(s); "
+                                       f"first: {type(err).__name__}: {err}") from err
+                yield images, labels.long()
+        finally:  # the epoch ended, or its consumer let go of it (break, del, an exception)
+            if self._running.iterator is it:
+                self._running.stop()
+
+    def close(self) -> None:
+        """Stop the running epoch's threads / worker processes now."""
+        self._running.stop()
+
+    def __enter__(self) -> "Batches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -72,18 +131,52 @@ def _data_params(params: Params | DataParams) -> DataParams:
 # --- torchvision backend ------------------------------------------------------------------------
 
 class FileList(torch.utils.data.Dataset):
-    """(path, label) pairs through `load_rgb` and a transform: ImageFolder without its listing."""
+    """(path, label) pairs through `load_rgb` and a transform: ImageFolder without its listing.
 
-    def __init__(self, files: list[tuple[str, int]], transform):
+    With `seeded`, sample i of epoch e is transformed under Python's, NumPy's and torch's global
+    generators seeded from (seed, e, i), and the generators are put back afterwards: timm's
+    transforms draw from those globals, and this makes their draws independent of the worker
+    count and of what the process drew before (the training step's Mixup, with no workers).
+    """
+
+    def __init__(self, files: list[tuple[str, int]], transform, seeded: bool = False):
         self.samples = files
         self.transform = transform
+        self.seeded = seeded
+        self.seed, self.epoch = 0, 0
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        self.seed, self.epoch = seed, epoch
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return self.transform(load_rgb(path)), label
+        image = load_rgb(path)
+        if not self.seeded:
+            return self.transform(image), label
+        with seeded_globals(python_key(self.seed, self.epoch, i, TORCHVISION)):
+            return self.transform(image), label
+
+
+@contextmanager
+def seeded_globals(key: int):
+    """Seed random, numpy.random and torch from `key`; restore their states on the way out."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(key)
+    np.random.seed(key % 2**32)
+    torch.manual_seed(key % 2**63)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def manifest_files(manifest: dict, split: str, ffcv_dir: str | Path) -> list[tuple[str, int]]:
@@ -111,17 +204,18 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def _torchvision(files, transform, batch_size, num_workers, shuffle, drop_last, distributed, seed):
+def _torchvision(files, transform, batch_size, num_workers, shuffle, drop_last, distributed, seed, seeded=False):
     sampler = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(files, shuffle=shuffle, seed=seed, drop_last=drop_last)
     gen = torch.Generator().manual_seed(seed)
-    # Workers are started afresh each epoch (not persistent): their RNGs are then seeded from the
-    # generator, which the training loop reseeds per (seed, epoch), so an epoch's augmentations
-    # are the same in a resumed run as in an uninterrupted one. SLURM's stop signals reach every
+    # The order comes from the generator, which set_epoch reseeds per (seed, epoch); a seeded
+    # FileList draws each sample's augmentation from (seed, epoch, index), whichever worker (or the
+    # main process) loads it. Workers are started afresh each epoch (not persistent), so each gets
+    # the epoch that FileList.set_epoch wrote before the iterator was made. SLURM's stop signals reach every
     # process of a job; the workers ignore them and the training process saves (train.preempt).
     loader = torch.utils.data.DataLoader(
-        FileList(files, transform), batch_size=batch_size, shuffle=shuffle and sampler is None,
+        FileList(files, transform, seeded), batch_size=batch_size, shuffle=shuffle and sampler is None,
         sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=gen,
         worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
@@ -156,17 +250,19 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
     manifest = load_manifest(ffcv_dir)
     entry = split_entry(manifest, "train", ffcv_dir)
     errors: list = []
+    cell = EpochCell(seed, 0)
     if backend == "ffcv":
         path = beton_path(manifest, "train", resolution, cfg.val_crop_pct, ffcv_dir)
-        pipeline = T.ffcv_train_image_pipeline(cfg, resolution, threads=max(1, workers), errors=errors)
+        pipeline = T.ffcv_train_image_pipeline(cfg, resolution, cell, errors)
         loader, sampler = _ffcv(path, pipeline, batch_size, cfg, workers, True, drop_last, distributed, seed), None
     elif backend == "torchvision":
         files = manifest_files(manifest, "train", ffcv_dir)
         loader, sampler = _torchvision(files, T.train_transform(cfg, resolution), batch_size, workers,
-                                       True, drop_last, distributed, seed)
+                                       True, drop_last, distributed, seed, seeded=True)
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
-    return Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler, errors)
+    return Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler, errors,
+                   cell)
 
 
 def build_val_loader(params: Params | DataParams, resolution: int, batch_size: int, *,

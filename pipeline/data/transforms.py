@@ -9,13 +9,15 @@ Validation: resize the shorter side to resolution / crop_pct, centre crop resolu
 Swin's `TEST.CROP` (resize to 256/224 x size, centre crop), i.e. the recipes the paper follows;
 it is kept at every resolution (448 -> resize 512, crop 448) as those recipes do.
 
-The torchvision backend runs the timm transforms as they are. The FFCV backend replaces the
-first step (crop, resize, flip) by FFCV's compiled decoders, then runs *the same* timm
-RandAugment object on each image, and timm's RandomErasing, which also draws per image.
+The torchvision backend runs the timm transforms as they are, in a worker process (or the main
+one) whose global generators are seeded per sample (loaders.FileList). The FFCV backend runs the
+same recipe compiled: FFCV's decoder with a seeded crop and flip, timm's RandAugment compiled with
+numba (pipeline.data.randaugment, its op set read from timm's object) and timm's Random Erasing
+with per-image generators (pipeline.data.ffcv_ops). In both, every draw is a function of
+(run seed, epoch, sample index) alone.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Callable
 
@@ -89,80 +91,6 @@ def random_erasing(cfg: LoaderParams) -> RandomErasing | None:
 
 # --- FFCV operations ----------------------------------------------------------------------------
 
-def ffcv_per_image_pil(transform: Callable, threads: int, errors: list):
-    """An FFCV Operation that applies a PIL transform to every image of a batch on its own.
-
-    FFCV's loader thread dies silently on an exception and the consumer then waits forever, so
-    a failure is appended to `errors` (the loader wrapper raises it) and the image passes as is.
-
-    FFCV's own augmentations are numba-compiled; timm's RandAugment is Python over PIL, so it
-    runs in a non-compiled stage. Each image gets its own call, hence its own random draws.
-    Pillow releases the GIL inside its image operations, so a small thread pool spreads the
-    batch over the cores that the compiled decoding stage uses the rest of the time.
-    """
-    from ffcv.pipeline.allocation_query import AllocationQuery
-    from ffcv.pipeline.operation import Operation
-
-    class PerImagePIL(Operation):
-        def __init__(self):
-            super().__init__()
-            self.transform = transform
-            self.threads = max(1, threads)
-
-        def generate_code(self) -> Callable:
-            tf = self.transform
-            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ffcv-pil") if self.threads > 1 else None
-
-            def per_image(images: np.ndarray, dst: np.ndarray) -> np.ndarray:
-                n = images.shape[0]
-
-                def one(i: int) -> None:
-                    try:
-                        dst[i] = np.asarray(tf(Image.fromarray(images[i])))
-                    except Exception as err:  # noqa: BLE001 -- reported by the loader wrapper
-                        errors.append(err)
-                        dst[i] = images[i]
-
-                if pool is None:
-                    for i in range(n):
-                        one(i)
-                else:
-                    list(pool.map(one, range(n)))
-                return dst[:n]
-
-            return per_image
-
-        def declare_state_and_memory(self, previous_state):
-            return (replace(previous_state, jit_mode=False),
-                    AllocationQuery(previous_state.shape, previous_state.dtype))
-
-    return PerImagePIL()
-
-
-def ffcv_torch_op(fn: Callable[[torch.Tensor], torch.Tensor], errors: list):
-    """An FFCV Operation running a torch function on the whole (CPU) batch tensor.
-
-    Failures go to `errors`, as in ffcv_per_image_pil.
-    """
-    from ffcv.pipeline.operation import Operation
-
-    class TorchOp(Operation):
-        def generate_code(self) -> Callable:
-            def run(x, _):
-                try:
-                    return fn(x)
-                except Exception as err:  # noqa: BLE001 -- reported by the loader wrapper
-                    errors.append(err)
-                    return x
-
-            return run
-
-        def declare_state_and_memory(self, previous_state):
-            return replace(previous_state, jit_mode=False), None
-
-    return TorchOp()
-
-
 def normalizer(cfg: LoaderParams) -> Callable[..., torch.Tensor]:
     """uint8 NCHW -> float32 (x / 255 - mean) / std, as timm's ToTensor + Normalize.
 
@@ -204,24 +132,25 @@ def ffcv_normalize_op(cfg: LoaderParams, errors: list):
     return Normalize()
 
 
-def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, threads: int, errors: list) -> list:
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, cell, errors: list, *,
+                              rand_augment_on: bool = True) -> list:
+    """The training recipe as FFCV operations, every draw seeded per sample from `cell` (an
+    EpochCell: run seed and epoch). rand_augment_on=False drops RandAugment (benchmarks)."""
+    from ffcv.transforms import ToTensor, ToTorchImage
 
-    ops = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=tuple(cfg.scale), ratio=tuple(cfg.ratio))]
-    if cfg.hflip > 0:
-        ops.append(RandomHorizontalFlip(cfg.hflip))
-    ra = rand_augment(cfg, resolution)
+    from pipeline.data.ffcv_ops import RandAugmentOp, SeededRandomErasing, SeededRandomResizedCropDecoder
+    from pipeline.data.randaugment import RandAugmentSpec
+
+    ops = [SeededRandomResizedCropDecoder((resolution, resolution), cell, scale=tuple(cfg.scale),
+                                          ratio=tuple(cfg.ratio), hflip=cfg.hflip)]
+    ra = rand_augment(cfg, resolution) if rand_augment_on else None
     if ra is not None:
-        ops.append(ffcv_per_image_pil(ra, threads, errors))
-    # Everything after the Python RandAugment stays outside numba: FFCV 1.0.2's stage grouping
-    # (Graph.group_operations) loops forever when a compiled op follows a Python one, so the
-    # normalisation is torch here rather than FFCV's compiled NormalizeImage.
+        # timm's own object is read for the op set, magnitudes and fill, so both backends agree.
+        ops.append(RandAugmentOp(RandAugmentSpec.from_timm(ra.transforms[0]), cell))
+    # The normalisation is torch, writing into a buffer FFCV allocates once (see normalizer).
     ops += [ToTensor(), ToTorchImage(channels_last=False), ffcv_normalize_op(cfg, errors)]
-    erase = random_erasing(cfg)
-    if erase is not None:
-        # timm's RandomErasing on a 4-D batch loops over the images, one draw each.
-        ops.append(ffcv_torch_op(erase, errors))
+    if cfg.re_prob > 0:
+        ops.append(SeededRandomErasing(cfg.re_prob, cfg.re_mode, cfg.re_count, cell, errors))
     return ops
 
 

@@ -5,13 +5,12 @@ manifest). The loop starts *any* epoch, not only the next one, because a resumed
 the epoch it was killed in: `epoch_batches` sets the epoch (`Batches.set_epoch`), so that a given
 (seed, epoch) always yields the same order.
 
-Augmentation draws are reproducible on the torchvision backend: without worker processes the
-transforms draw from the main process RNGs, which checkpoints restore; with workers, each epoch
-starts fresh workers seeded from the reseeded generator, and a resumed epoch still draws the
-batches it skips, so every worker's RNG is where it was. FFCV's numba-compiled crops and worker
-threads draw from unseeded per-thread generators, so there a resumed run restores weights,
-optimiser, schedule and data order exactly, but not the crops (nor do two uninterrupted runs
-agree on them).
+Augmentation is reproducible on both backends: every draw (crop, flip, RandAugment, Random
+Erasing) is a function of (seed, epoch, sample index) (pipeline.data.seeding), whatever the worker
+count or thread schedule, so a resumed run sees the batches of the uninterrupted one. The loaders
+leave the global generators alone; the loop seeds those per (seed, epoch, rank) and restores them
+mid-epoch, which makes Mixup/CutMix (numpy) and drop-path (torch) draws a function of (seed,
+epoch, step) too.
 """
 from __future__ import annotations
 

@@ -1,0 +1,219 @@
+"""FFCV operations whose random draws are seeded per sample (pipeline.data.seeding).
+
+FFCV 1.0.2's RandomResizedCropRGBImageDecoder and RandomHorizontalFlip draw from numba's
+per-thread generators, unseeded, so two runs never see the same crops. These replacements take
+each draw from (seed, epoch, sample index) through an `EpochCell`: the decoder receives the
+sample indices from FFCV, and the later operations ask for them (`with_indices`).
+
+- `SeededRandomResizedCropDecoder`: decode + RandomResizedCrop (FFCV's crop sampler and its
+  resize_crop, INTER_AREA) + horizontal flip, in one compiled pass.
+- `RandAugmentOp`: timm's RandAugment, compiled (pipeline.data.randaugment).
+- `SeededRandomErasing`: timm's RandomErasing on the normalised batch, one torch generator per
+  image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+from numba import njit
+
+from pipeline.data.randaugment import RandAugmentSpec, rand_augment_image
+from pipeline.data.seeding import CROP, ERASE, FLIP, RAND_AUGMENT, EpochCell, python_key, sample_key, uniform
+
+
+@njit(cache=True, nogil=True)
+def random_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi):
+    """FFCV's get_random_crop (torchvision's RandomResizedCrop.get_params) on seeded draws:
+    10 tries at an area in `scale` and a log-uniform aspect ratio, then the clamped whole image."""
+    area = height * width
+    for t in range(10):
+        target_area = area * (scale_lo + (scale_hi - scale_lo) * uniform(key, 4 * t))
+        aspect = math.exp(log_ratio_lo + (log_ratio_hi - log_ratio_lo) * uniform(key, 4 * t + 1))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(uniform(key, 4 * t + 2) * (height - h + 1))
+            j = int(uniform(key, 4 * t + 3) * (width - w + 1))
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < math.exp(log_ratio_lo):
+        w = width
+        h = int(round(w / math.exp(log_ratio_lo)))
+    elif in_ratio > math.exp(log_ratio_hi):
+        h = height
+        w = int(round(h * math.exp(log_ratio_hi)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@njit(cache=True, nogil=True)
+def flip_in_place(img):
+    W = img.shape[1]
+    for y in range(img.shape[0]):
+        for x in range(W // 2):
+            for c in range(3):
+                t = img[y, x, c]
+                img[y, x, c] = img[y, W - 1 - x, c]
+                img[y, W - 1 - x, c] = t
+
+
+class SeededRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
+    """Decode, RandomResizedCrop to output_size, flip with probability hflip: seeded per sample."""
+
+    def __init__(self, output_size, cell: EpochCell, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
+        super().__init__(output_size)
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"crop scale {scale}: expected 0 < low <= high <= 1")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"crop ratio {ratio}: expected 0 < low <= high")
+        self.cell, self.scale, self.ratio, self.hflip = cell, tuple(scale), tuple(ratio), float(hflip)
+
+    def get_crop_generator(self):  # abstract in FFCV; generate_code below draws its own crops
+        raise NotImplementedError
+
+    def generate_code(self) -> Callable:
+        jpg = IMAGE_MODES["jpg"]
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        read_cell = self.cell.reader()
+        s_lo, s_hi = self.scale
+        r_lo, r_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        hflip = self.hflip
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            seed, epoch = read_cell()
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                key = sample_key(seed, epoch, source_ix, CROP)
+                i, j, h, w = random_crop(key, np.int64(height), np.int64(width), s_lo, s_hi, r_lo, r_hi)
+                resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                if hflip > 0 and uniform(sample_key(seed, epoch, source_ix, FLIP), 0) < hflip:
+                    flip_in_place(destination[dst_ix])
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class RandAugmentOp(Operation):
+    """timm's RandAugment (as `RandAugmentSpec`), compiled, on HWC uint8 images, seeded per sample."""
+
+    def __init__(self, spec: RandAugmentSpec, cell: EpochCell):
+        super().__init__()
+        self.spec, self.cell = spec, cell
+
+    def generate_code(self) -> Callable:
+        my_range = Compiler.get_iterator()
+        read_cell = self.cell.reader()
+        s = self.spec
+        op_ids, fill = s.arrays()
+        num_layers, prob, magnitude, mstd, mmax = s.num_layers, s.prob, s.magnitude, s.magnitude_std, s.magnitude_max
+        translate_pct, bilinear = s.translate_pct, s.bilinear
+
+        def rand_augment(images, buffers, indices):
+            dst, tmp = buffers
+            seed, epoch = read_cell()
+            for i in my_range(images.shape[0]):
+                key = sample_key(seed, epoch, indices[i], RAND_AUGMENT)
+                rand_augment_image(images[i], tmp[i], dst[i], key, op_ids, num_layers, prob, magnitude, mstd, mmax,
+                                   translate_pct, fill, bilinear)
+            return dst[:images.shape[0]]
+
+        rand_augment.is_parallel = True
+        rand_augment.with_indices = True
+        return rand_augment
+
+    def declare_state_and_memory(self, previous_state):
+        if previous_state.dtype != np.dtype("uint8") or len(previous_state.shape) != 3:
+            raise ValueError(f"RandAugmentOp takes HWC uint8 images, got {previous_state.shape} {previous_state.dtype}")
+        q = AllocationQuery(previous_state.shape, previous_state.dtype)
+        return replace(previous_state, jit_mode=True), (q, q)
+
+
+def erase_one(img: torch.Tensor, key: int, probability: float, count: int, min_area=0.02, max_area=1 / 3,
+              log_ratio=(math.log(0.3), math.log(1 / 0.3)), mode: str = "pixel") -> None:
+    """timm's RandomErasing._erase on one normalised CHW image, in place, its draws from `key`.
+
+    Same defaults as timm (area 2-33 %, aspect 0.3-3.3); mode pixel: per-pixel N(0, 1) noise,
+    rand: one N(0, 1) colour per box, const: zeros.
+    """
+    k = 0
+
+    def draw() -> float:
+        nonlocal k
+        k += 1
+        return float(uniform(np.uint64(key), k - 1))
+
+    if draw() > probability:
+        return
+    chan, img_h, img_w = img.shape
+    area = img_h * img_w
+    gen = torch.Generator().manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+    for _ in range(count):
+        for _attempt in range(10):
+            target_area = (min_area + (max_area - min_area) * draw()) * area / count
+            aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draw())
+            h = int(round(math.sqrt(target_area * aspect)))
+            w = int(round(math.sqrt(target_area / aspect)))
+            if w < img_w and h < img_h:
+                top = int(draw() * (img_h - h + 1))
+                left = int(draw() * (img_w - w + 1))
+                if mode == "pixel":
+                    fill = torch.empty((chan, h, w), dtype=img.dtype).normal_(generator=gen)
+                elif mode == "rand":
+                    fill = torch.empty((chan, 1, 1), dtype=img.dtype).normal_(generator=gen)
+                else:
+                    fill = torch.zeros((chan, 1, 1), dtype=img.dtype)
+                img[:, top:top + h, left:left + w] = fill
+                break
+
+
+class SeededRandomErasing(Operation):
+    """Random Erasing on the normalised float batch (torch, not compiled), seeded per sample."""
+
+    def __init__(self, probability: float, mode: str, count: int, cell: EpochCell, errors: list):
+        super().__init__()
+        if mode not in ("pixel", "rand", "const"):
+            raise ValueError(f"random erasing mode {mode!r}: expected pixel, rand or const")
+        self.probability, self.mode, self.count, self.cell, self.errors = probability, mode, count, cell, errors
+
+    def generate_code(self) -> Callable:
+        p, mode, count, cell, errors = self.probability, self.mode, self.count, self.cell, self.errors
+
+        def erase(batch, _dst, indices):
+            try:
+                for i in range(batch.shape[0]):
+                    erase_one(batch[i], python_key(cell.seed, cell.epoch, int(indices[i]), ERASE), p, count,
+                              mode=mode)
+            except Exception as err:  # noqa: BLE001 -- FFCV's thread dies silently; the loader wrapper raises it
+                errors.append(err)
+            return batch
+
+        erase.with_indices = True
+        return erase
+
+    def declare_state_and_memory(self, previous_state):
+        return replace(previous_state, jit_mode=False), None
