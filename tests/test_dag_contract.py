@@ -23,7 +23,9 @@ from tests.repo_copy import DVC, REPO, copy_repo, repo_env, run
 NOT_DECLARED = {
     "recipe": {"checkpoint_every_steps", "keep_checkpoints", "log_every_steps",  # cadence
                "eval_batch_size", "throughput_batch", "throughput_iters"},  # timing only
-    "loader": {"os_cache"},  # page cache or private copy: the same bytes
+    # page cache or private copy: the same bytes; worker count: the same batches
+    # (test_data_loaders.py::test_batches_depend_on_seed_epoch_and_index_only)
+    "loader": {"os_cache", "num_workers"},
     "launch": {"launcher", "profile", "timeout_min"},
     "convert": set(SPEED_SETTINGS),  # byte-identical betons (tests/test_data_convert.py)
 }
@@ -205,7 +207,7 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
             for k in NOT_DECLARED["recipe"]:
                 p[section]["builtin"][k] += 1
         p["launch"].update(launcher="slurm", profile="gpu_example", timeout_min=5)
-        p["data"]["loader"]["os_cache"] = not p["data"]["loader"]["os_cache"]
+        p["data"]["loader"].update(os_cache=not p["data"]["loader"]["os_cache"], num_workers=5)
         p["data"]["convert"].update(num_workers=7, chunk_size=3)
 
     _edit(repo, bookkeeping)
