@@ -123,6 +123,9 @@ class EmaParams(Section):
     decay: float = Field(0.99996, ge=0.0, lt=1.0)
     warmup: bool = False  # timm's decay ramp 1 - (1 + step)^(-2/3), capped at decay
     alpha: float = Field(0.5, ge=0.0, le=1.0)  # 1.0 = plain EMA, no distillation target
+    # alpha_t = alpha + (1 - alpha) * (the teacher's weight on its near-random start): trust the
+    # teacher as that start fades (pipeline/train/ema_distill.py, docs/training.md)
+    alpha_ramp: bool = False
 
 
 class RecipeParams(Section):

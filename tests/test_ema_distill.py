@@ -124,3 +124,33 @@ def test_teacher_gets_no_gradient_and_follows_the_ema():
 def test_teacher_requires_forward_dense():
     with pytest.raises(TypeError, match="forward_dense"):
         EmaTeacher(nn.Linear(2, 2), decay=0.9, warmup=False)
+
+
+def test_first_student_weight_follows_the_decays_timm_applies():
+    from timm.utils.model_ema import ModelEmaV3
+
+    from pipeline.train.ema_distill import first_student_weight
+
+    for warmup in (False, True):
+        ema = ModelEmaV3(nn.Linear(1, 1, bias=False), decay=0.99, use_warmup=warmup)
+        with torch.no_grad():
+            ema.module.weight.fill_(0.0)
+        student = nn.Linear(1, 1, bias=False)
+        for step in range(1, 40):  # the student is 1 at the first update, then 0: the teacher's weight on it
+            with torch.no_grad():
+                student.weight.fill_(1.0 if step == 1 else 0.0)
+            ema.update(student, step=step)
+            assert float(ema.module.weight) == pytest.approx(first_student_weight(0.99, warmup, step), abs=1e-6)
+
+
+def test_alpha_ramp_trusts_the_teacher_as_its_start_fades():
+    from pipeline.train.ema_distill import first_student_weight, ramped_alpha
+
+    steps_per_epoch = 1251
+    w10 = first_student_weight(0.99996, False, 10 * steps_per_epoch)
+    assert w10 == pytest.approx(0.61, abs=0.01)  # the figure for epoch 10
+    assert ramped_alpha(0.5, w10) == pytest.approx(0.80, abs=0.01)
+    assert ramped_alpha(0.5, first_student_weight(0.99996, False, 300 * steps_per_epoch)) == pytest.approx(0.5, abs=1e-3)
+    teacher = EmaTeacher(_Dense(), decay=0.99996, warmup=False, alpha=0.5, alpha_ramp=True)
+    assert teacher.alpha_at(1) == 1.0 and teacher.alpha_at(10 * steps_per_epoch) == pytest.approx(0.80, abs=0.01)
+    assert EmaTeacher(_Dense(), decay=0.99996, warmup=False, alpha=0.5).alpha_at(1) == 0.5

@@ -46,18 +46,20 @@ def test_flop_convention_on_a_known_baseline():
     assert count_gflops(timm.create_model("resnet50"), 224) == pytest.approx(4.1, abs=0.05)
 
 
-@pytest.mark.parametrize("res,grid", [(224, 7), (384, 6), (448, 7), (768, 12)])
-def test_create_model_at_each_resolution(res, grid):
+@pytest.mark.parametrize("res,grid,stride", [(224, 7, 2), (384, 6, 4), (448, 7, 4), (768, 12, 4)])
+def test_create_model_at_each_resolution(res, grid, stride):
     model = timm.create_model("hiri_vit_s", img_size=res, num_classes=7, drop_path_rate=0.1).eval()
     x = torch.randn(1, 3, res, res)
     with torch.no_grad():
-        tokens = model.forward_features(x)
-        logits = model.forward_head(tokens)
+        last_map = model.forward_features(x)
+        logits = model.forward_head(last_map)
         dense = model.forward_dense(x)
-    assert tokens.shape == (1, 1 + grid * grid, 512)
+    assert model.stem_stride == stride
+    assert last_map.shape == (1, 512, grid, grid)
+    assert model.pretrained_cfg["pool_size"] == (grid, grid)
     assert logits.shape == (1, 7)
     assert dense.shape == (1, 7, grid, grid)
-    assert model.forward_head(tokens, pre_logits=True).shape == (1, 512)
+    assert model.forward_head(last_map, pre_logits=True).shape == (1, 512)
 
 
 def test_drop_path_rate_reaches_the_blocks():
@@ -93,6 +95,11 @@ def test_reset_classifier():
     model.reset_classifier(0)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 512)
+    model.reset_classifier(0, "")  # unpooled: the last map, as timm's convolutional models give
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 512, 7, 7)
+    with pytest.raises(ValueError, match="no classifier"):
+        model.reset_classifier(10, "")
 
 
 def _randomise_batchnorm(model):
@@ -141,10 +148,22 @@ def test_resolution_not_divisible_by_total_stride_is_a_clear_error():
 
 
 def test_img_size_the_architecture_cannot_take():
-    with pytest.raises(ValueError, match=r"img_size=500 cannot be built: HIRI-ViT takes a multiple of 64"):
+    with pytest.raises(ValueError, match=r"img_size=500 is not a multiple of the total stride 64"):
         timm.create_model("hiri_vit_s", img_size=500)
     with pytest.raises(ValueError, match="img_size=224 is not a multiple of the total stride 64"):
         timm.create_model("hiri_vit_s", img_size=224, stem_stride=4)
+    with pytest.raises(ValueError, match="stem_stride must be one of"):
+        timm.create_model("hiri_vit_s", img_size=448, stem_stride=3)
+
+
+def test_stem_stride_is_explicit_and_never_follows_img_size_silently():
+    # 256 is no paper resolution: Table 1's 4x4 stem, as at 448 (a 2x2 stem is asked for by name)
+    assert timm.create_model("hiri_vit_s", img_size=256).stem_stride == 4
+    with pytest.raises(ValueError, match="pass stem_stride=2"):
+        timm.create_model("hiri_vit_s", img_size=288)
+    model = timm.create_model("hiri_vit_s", img_size=288, stem_stride=2)
+    assert (model.stem_stride, model.total_stride) == (2, 32)
+    assert timm.create_model("hiri_vit_s.untrained_224").stem_stride == 2
 
 
 def test_non_square_img_size_is_rejected():
@@ -153,5 +172,5 @@ def test_non_square_img_size_is_rejected():
 
 
 def test_pretrained_weights_do_not_exist():
-    with pytest.raises(ValueError, match="no pretrained weights"):
+    with pytest.raises(ValueError, match="no published weights"):
         timm.create_model("hiri_vit_s", pretrained=True)

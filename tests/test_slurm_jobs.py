@@ -121,8 +121,8 @@ def test_stop_signals_save_requeue_resume_and_match_uninterrupted(tmp_path):
         keys = [k for k in metrics["ref"] if k != "throughput"]
         assert {k: metrics[name][k] for k in keys} == {k: metrics["ref"][k] for k in keys}, name
         a, b = (torch.load(specs[n].out_dir / "model.pt", weights_only=False) for n in ("ref", name))
-        for key, t in a["student"].items():
-            assert torch.equal(t, b["student"][key]), (name, key)
+        for key, t in a["state_dict"].items():
+            assert torch.equal(t, b["state_dict"][key]), (name, key)
         curves = [json.loads(specs[n].plots_file.read_text()) for n in ("ref", name)]
         assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]], name  # resumed epoch's row too
     assert json.loads(specs["term"].metrics_file.read_text())["top1"] == round(metrics["term"]["top1"], 4)
@@ -159,5 +159,5 @@ def test_two_rank_job_saves_at_signal_together_and_matches_one_process(tmp_path,
 
     local = smoke_spec(tmp_path / "local1", smoke_params(tasks=1, **recipe), n_train=24, n_val=4)
     run_stage(local)
-    assert_students_match(*(torch.load(s.out_dir / "model.pt", weights_only=False)["student"]
+    assert_students_match(*(torch.load(s.out_dir / "model.pt", weights_only=False)["state_dict"]
                             for s in (local, spec)))

@@ -71,7 +71,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert "epoch 2, step " in out_b
 
     wa, wb = _weights(a), _weights(b)
-    for part in ("student", "ema"):
+    for part in ("state_dict", "state_dict_ema"):
         assert wa[part].keys() == wb[part].keys()
         for k in wa[part]:
             assert torch.equal(wa[part][k], wb[part][k]), f"{part}.{k} differs after resume"

@@ -17,6 +17,17 @@ from timm.layers import DropPath
 from torch import nn
 
 
+class PointwiseFC(nn.Conv2d):
+    """A fully connected layer applied to every token of an NCHW map (a 1x1 conv).
+
+    The paper's "FC" layers (HR block, CFFN) run on maps; they are this class rather than a plain
+    1x1 conv so that initialisation treats them as the FC layers they are (trunc-normal 0.02, as
+    nn.Linear; HiriViT._init_weights), not as convolutions."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 1)
+
+
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv (no bias, BN carries it) followed by BatchNorm."""
     return nn.Sequential(
@@ -84,9 +95,9 @@ class HRBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.high = conv_bn(dim, dim, 3, groups=dim)
         self.low_down = conv_bn(dim, dim, 3, stride=2, groups=dim)
-        self.low_fc1 = nn.Conv2d(dim, hidden, 1)
+        self.low_fc1 = PointwiseFC(dim, hidden)
         self.low_act = nn.GELU()
-        self.low_fc2 = nn.Conv2d(hidden, dim, 1)
+        self.low_fc2 = PointwiseFC(hidden, dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +113,9 @@ class IRDSA(nn.Module):
 
     A strided 3x3 conv expands the channels (x `expansion` of the input width) while halving the
     resolution, a 1x1 conv shrinks them to the next stage's width; the extra downsampling shortcut
-    (2x2 average pooling + 1x1 conv) is added to the result.
+    is added to the result. The paper names the shortcut but not its form: we take ResNet-D's
+    downsampling shortcut (2x2 average pooling, then a 1x1 conv to the new width), the cheapest form
+    that changes both resolution and width; in IRDS-a it carries BN like every conv of stages 1-3.
     """
 
     def __init__(self, c_in: int, c_out: int, expansion: float):
@@ -120,7 +133,11 @@ class IRDSB(nn.Module):
     """Inverted Residual Downsampling, variant b (Section 4.3, Fig. 5c), between stages 3-4 and 4-5.
 
     An inverted residual block (1x1 expand, stride-2 depth-wise 3x3, 1x1 project) that applies
-    normalisation and activation only after the first conv, plus the extra downsampling shortcut.
+    normalisation and activation only after the first conv, plus the extra downsampling shortcut
+    (2x2 average pooling + 1x1 conv, as in IRDS-a, but without a norm: "only after the first
+    convolution"). That one norm is BatchNorm also in the IRDS-b between stages 4 and 5: Section 4.4
+    gives LN to the last two stages' blocks (before attention), while IRDS is a convolutional layer,
+    and BN there folds into the conv for inference like every other conv-BN pair (docs/model.md).
     """
 
     def __init__(self, c_in: int, c_out: int, expansion: float):
@@ -146,10 +163,10 @@ class CFFN(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm = nn.BatchNorm2d(dim)
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc1 = PointwiseFC(dim, hidden)
         self.act = nn.GELU()
         self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2 = PointwiseFC(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.act(self.fc1(self.norm(x)))
@@ -215,6 +232,7 @@ class ClassAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [class token, patch tokens] (B, 1 + N, C) -> the class token's update (B, 1, C)."""
         b, n, c = x.shape
         heads, d = self.num_heads, c // self.num_heads
         q = self.q(x[:, :1]).reshape(b, 1, heads, d).transpose(1, 2)
@@ -222,10 +240,28 @@ class ClassAttention(nn.Module):
         cls = F.scaled_dot_product_attention(q, k, v)
         return self.proj(cls.transpose(1, 2).reshape(b, 1, c))
 
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token as its own class token: x (B, N, C) -> (B, N, C). Token i queries
+        [token i, token 1..N] exactly as the class token queries [class token, token 1..N], so
+        its own key and value appear twice, as the pooled token's do when it equals a location."""
+        b, n, c = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.q(x).reshape(b, n, heads, d).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, heads, d).permute(2, 0, 3, 1, 4)
+        scale = d**-0.5
+        own = (q * k).sum(-1, keepdim=True) * scale  # (B, heads, N, 1): each query's own key
+        attn = torch.cat([own, (q @ k.transpose(-2, -1)) * scale], dim=-1).softmax(dim=-1)
+        out = attn[..., :1] * v + attn[..., 1:] @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
 
 class ClassBlock(nn.Module):
     """Class-attention block that updates only the class token (the head of the authors' earlier
-    Wave-ViT/Dual-ViT backbones, which this paper's parameter counts support: docs/model.md)."""
+    Wave-ViT/Dual-ViT backbones, which this paper's parameter counts support: docs/model.md).
+
+    `forward` refines the pooled class token; `dense` runs the same block with every location
+    of the map in the class token's place: the head with its average pooling removed, which
+    EMA distillation's teacher map needs (Section 4.5; docs/model.md argues this reading)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
@@ -235,7 +271,12 @@ class ClassBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = x[:, :1] + self.attn(self.norm1(x))
-        cls = cls + self.mlp(self.norm2(cls))
-        return torch.cat([cls, x[:, 1:]], dim=1)
+    def forward(self, cls: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """cls (B, 1, C), tokens (B, N, C) -> the refined class token (B, 1, C)."""
+        cls = cls + self.attn(self.norm1(torch.cat([cls, tokens], dim=1)))
+        return cls + self.mlp(self.norm2(cls))
+
+    def dense(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, C) -> (B, N, C): each location refined as if it were the class token."""
+        x = tokens + self.attn.dense(self.norm1(tokens))
+        return x + self.mlp(self.norm2(x))

@@ -8,6 +8,7 @@ does arithmetic is still skipped, so a silent undercount cannot slip into docs/m
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from math import prod
 
 import torch
@@ -47,8 +48,20 @@ EXTRA_HANDLES = {
 }
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Count in eval mode (no drop-path, BN with running stats), then hand the model back in the
+    mode it came in: a count taken mid-training must not switch training off."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def flop_analysis(model: nn.Module, img_size: int, in_chans: int = 3) -> FlopCountAnalysis:
-    model = model.eval()
+    """fvcore's analysis of one image; it traces lazily, so query it inside `eval_mode(model)`."""
     x = torch.zeros(1, in_chans, img_size, img_size)
     analysis = FlopCountAnalysis(model, x).set_op_handle(**EXTRA_HANDLES)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -57,7 +70,7 @@ def flop_analysis(model: nn.Module, img_size: int, in_chans: int = 3) -> FlopCou
 
 def count_gflops(model: nn.Module, img_size: int, in_chans: int = 3) -> float:
     """Multiply-adds of one image, in G (1e9), with every arithmetic op accounted for."""
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         analysis = flop_analysis(model, img_size, in_chans)
         total = analysis.total()
         skipped = Counter(analysis.unsupported_ops())
@@ -69,6 +82,6 @@ def count_gflops(model: nn.Module, img_size: int, in_chans: int = 3) -> float:
 
 def attention_gflops(model: nn.Module, img_size: int) -> float:
     """The share of the count that the attention products (our sdpa handle) contribute."""
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         by_op = flop_analysis(model, img_size).by_operator()
     return by_op.get("scaled_dot_product_attention", 0) / 1e9

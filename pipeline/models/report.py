@@ -43,7 +43,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 def head_params(model) -> int:
     """Parameters after the last stage: class-attention block, final norm, classifier."""
-    return n_params(model.cls_block) + n_params(model.norm) + n_params(model.head)
+    return sum(n_params(m) for m in (model.cls_block, model.norm, model.head) if m is not None)
 
 
 def retinanet_neck_head_params(in_channels: list[int], num_classes: int = 80, anchors: int = 9) -> int:
@@ -115,9 +115,10 @@ def irds_b4_backbone_deficit(name: str) -> float:
 
 
 def stem_gflops(name: str, res: int = 448) -> float:
-    from .flops import flop_analysis
+    from .flops import eval_mode, flop_analysis
 
-    return flop_analysis(timm.create_model(name, img_size=res), res).by_module()["stem"] / 1e9
+    with torch.no_grad(), eval_mode(timm.create_model(name, img_size=res)) as model:
+        return flop_analysis(model, res).by_module()["stem"] / 1e9
 
 
 def detection_evidence() -> list[str]:

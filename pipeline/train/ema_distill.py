@@ -60,6 +60,31 @@ def teacher_target(prob_map: torch.Tensor, info: MixInfo, img_hw: tuple[int, int
     return mixed.mean(dim=(2, 3))
 
 
+def first_student_weight(decay: float, warmup: bool, step: int) -> float:
+    """The teacher's weight, after its update at optimiser step `step`, on the first student it
+    copied (timm's EMA applies decay 0 at the first update: the teacher starts as the student one
+    step from its random initialisation). The product of the decays applied since: decay^(step-1),
+    or with timm's warm-up ramp 1 - t^(-2/3) at update t, a product that falls below 1e-12 within
+    about a thousand steps."""
+    if step <= 1:
+        return 1.0
+    if not warmup:
+        return decay ** (step - 1)
+    weight = 1.0
+    for t in range(2, step + 1):
+        weight *= min(decay, 1.0 - t ** (-2.0 / 3.0))
+        if weight < 1e-12:
+            return 0.0
+    return weight
+
+
+def ramped_alpha(alpha: float, teacher_init_weight: float) -> float:
+    """alpha_t = alpha + (1 - alpha) * w_t: the CutMix/Mixup label keeps the weight the teacher
+    still owes to its near-random start (w_t, `first_student_weight`), so the target trusts the
+    teacher only as far as it is an average of trained students (docs/training.md)."""
+    return alpha + (1.0 - alpha) * teacher_init_weight
+
+
 def distill_target(y_tilde: torch.Tensor, y_hat: torch.Tensor, alpha: float) -> torch.Tensor:
     """y- = alpha * y~ + (1 - alpha) * y^ (alpha = 1 switches distillation off)."""
     if not 0.0 <= alpha <= 1.0:
@@ -70,7 +95,7 @@ def distill_target(y_tilde: torch.Tensor, y_hat: torch.Tensor, alpha: float) -> 
 class EmaTeacher:
     """The EMA teacher: a frozen moving average of the student that produces y^."""
 
-    def __init__(self, student: nn.Module, decay: float, warmup: bool):
+    def __init__(self, student: nn.Module, decay: float, warmup: bool, alpha: float = 0.5, alpha_ramp: bool = False):
         if not hasattr(student, "forward_dense"):
             raise TypeError(f"{type(student).__name__} has no forward_dense(); EMA distillation needs the "
                             "per-location logits of the last feature map")
@@ -79,6 +104,13 @@ class EmaTeacher:
         self.ema = ModelEmaV3(student, decay=decay, use_warmup=warmup)
         for p in self.ema.module.parameters():
             p.requires_grad_(False)
+        self.decay, self.warmup, self.alpha, self.alpha_ramp = decay, warmup, alpha, alpha_ramp
+
+    def alpha_at(self, step: int) -> float:
+        """alpha for the target of the step after optimiser step `step` (the teacher's last update)."""
+        if not self.alpha_ramp:
+            return self.alpha
+        return ramped_alpha(self.alpha, first_student_weight(self.decay, self.warmup, step))
 
     @property
     def module(self) -> nn.Module:
@@ -97,3 +129,32 @@ class EmaTeacher:
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state)
+
+
+def schedule_table(decay: float, steps_per_epoch: int, alpha: float,
+                   epochs=(1, 2, 5, 10, 20, 30, 50, 100, 200, 300)) -> str:
+    """Markdown: over epochs, the teacher's weight on its near-random start without warm-up, the
+    ramped alpha, and timm's warm-up alternative (its decay and averaging window at that epoch)."""
+    rows = ["| epoch | step | w_t, no warm-up | alpha_t (ramp) | timm warm-up: decay | window (epochs) | "
+            "w_t, timm warm-up |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for epoch in epochs:
+        step = epoch * steps_per_epoch
+        w = first_student_weight(decay, False, step)
+        warm_decay = min(decay, 1.0 - step ** (-2.0 / 3.0))
+        rows.append(f"| {epoch} | {step} | {w:.3f} | {ramped_alpha(alpha, w):.3f} | {warm_decay:.6f} | "
+                    f"{1.0 / (1.0 - warm_decay) / steps_per_epoch:.2f} | {first_student_weight(decay, True, step):.1g} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    # The numbers behind the paper profile's EMA choice (docs/training.md): python -m pipeline.train.ema_distill
+    import math
+
+    from pipeline.config import load_params
+
+    recipe = load_params().train.recipe("paper")
+    steps = 1_281_167 // recipe.batch_size  # ImageNet-1K train images per global batch (last one dropped)
+    print(f"EMA decay {recipe.ema.decay}, {steps} steps per epoch (ImageNet-1K at global batch "
+          f"{recipe.batch_size}), alpha {recipe.ema.alpha}; averaging window without warm-up: "
+          f"{1.0 / (1.0 - recipe.ema.decay) / steps:.1f} epochs\n")
+    print(schedule_table(recipe.ema.decay, steps, recipe.ema.alpha))

@@ -20,6 +20,10 @@ class Accuracy:
     top1: float  # percent
     top5: float
     images: int
+    # teacher_map=True: Top-1 of the pooled class map AvgPool(softmax(P)) (`dense_head`), and the
+    # share of images where it names the model's own Top-1 class; percent
+    map_top1: float | None = None
+    map_agreement: float | None = None
 
 
 def autocast(device: torch.device, precision: str):
@@ -30,28 +34,38 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches, device: torch.device, precision: str = "fp32",
-             max_batches: int | None = None) -> Accuracy:
+             max_batches: int | None = None, teacher_map: bool = False) -> Accuracy:
     was_training = model.training
     model.eval()
-    correct1 = correct5 = n = 0
+    correct1 = correct5 = map_correct = agree = n = 0
     try:
         for i, (x, y) in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
-                logits = model(x)
+                features = model.forward_features(x)
+                logits = model.forward_head(features)
+                if teacher_map:  # one backbone pass for both heads
+                    pooled_map = model.dense_head(features).float().softmax(dim=1).mean(dim=(2, 3))
             k = min(5, logits.shape[1])
             top = logits.float().topk(k, dim=1).indices
             hit = top.eq(y[:, None])
             correct1 += int(hit[:, 0].sum())
             correct5 += int(hit.any(dim=1).sum())
+            if teacher_map:
+                map_top1 = pooled_map.argmax(dim=1)
+                map_correct += int(map_top1.eq(y).sum())
+                agree += int(map_top1.eq(top[:, 0]).sum())
             n += len(y)
     finally:
         model.train(was_training)
     if n == 0:
         raise RuntimeError("evaluation loader yielded no images")
-    return Accuracy(100.0 * correct1 / n, 100.0 * correct5 / n, n)
+    pct = lambda count: 100.0 * count / n  # noqa: E731
+    if teacher_map:
+        return Accuracy(pct(correct1), pct(correct5), n, pct(map_correct), pct(agree))
+    return Accuracy(pct(correct1), pct(correct5), n)
 
 
 def count_params_m(model: nn.Module) -> float:
