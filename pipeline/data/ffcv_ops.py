@@ -153,6 +153,50 @@ class RandAugmentOp(Operation):
         return replace(previous_state, jit_mode=True), (q, q)
 
 
+class NormalizeToCHW(Operation):
+    """HWC uint8 images -> CHW float32 (x / 255 - mean) / std, compiled, in one pass.
+
+    Replaces FFCV's NormalizeImage + ToTorchImage (two passes and a copy into channels-first) and
+    writes into a buffer FFCV allocates once per slot."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        std = np.asarray(std, dtype=np.float64)
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self.shift = (np.asarray(mean, dtype=np.float64) / std).astype(np.float32)
+
+    def generate_code(self) -> Callable:
+        my_range = Compiler.get_iterator()
+        scale, shift = self.scale, self.shift
+
+        def normalize(images, dst):
+            n, h, w, _ = images.shape
+            for i in my_range(n):
+                _normalize_one(images[i], dst[i], scale, shift)
+            return dst[:n]
+
+        normalize.is_parallel = True
+        return normalize
+
+    def declare_state_and_memory(self, previous_state):
+        h, w, c = previous_state.shape
+        if previous_state.dtype != np.dtype("uint8") or c != 3:
+            raise ValueError(f"NormalizeToCHW takes HWC uint8 RGB images, got {previous_state.shape} "
+                             f"{previous_state.dtype}")
+        shape = (3, h, w)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("float32")),
+                AllocationQuery(shape, np.dtype("float32")))
+
+
+@njit(cache=True, nogil=True)
+def _normalize_one(src, dst, scale, shift):
+    H, W, _ = src.shape
+    for c in range(3):
+        for y in range(H):
+            for x in range(W):
+                dst[c, y, x] = np.float32(src[y, x, c]) * scale[c] - shift[c]
+
+
 def erase_one(img: torch.Tensor, key: int, probability: float, count: int, min_area=0.02, max_area=1 / 3,
               log_ratio=(math.log(0.3), math.log(1 / 0.3)), mode: str = "pixel") -> None:
     """timm's RandomErasing._erase on one normalised CHW image, in place, its draws from `key`.

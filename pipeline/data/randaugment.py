@@ -253,6 +253,30 @@ def _cubic_row(src, r, x0, x1, x2, x3, ch, dx):
 
 
 @njit(cache=True, nogil=True)
+def _cubic_1d_row(src, dst, y, x, yi, xi, dx, W):
+    # dy == 0: BICUBIC(v1..v4, 0) = v2, the row floor(yin) = y, always in range.
+    x0 = min(max(xi - 1, 0), W - 1)
+    x1 = min(max(xi, 0), W - 1)
+    x2 = min(max(xi + 1, 0), W - 1)
+    x3 = min(max(xi + 2, 0), W - 1)
+    for ch in range(3):
+        dst[y, x, ch] = _clip8_trunc(_cubic_row(src, yi, x0, x1, x2, x3, ch, dx))
+
+
+@njit(cache=True, nogil=True)
+def _cubic_1d_col(src, dst, y, x, yi, xi, dy, W, H):
+    # dx == 0: each row's BICUBIC(..., 0) is its pixel at column floor(xin) = x (clamped as PIL).
+    c = min(max(xi, 0), W - 1)
+    r0 = min(max(yi - 1, 0), H - 1)
+    for ch in range(3):
+        v1 = np.float64(src[r0, c, ch])
+        v2 = np.float64(src[yi, c, ch]) if 0 <= yi < H else v1
+        v3 = np.float64(src[yi + 1, c, ch]) if 0 <= yi + 1 < H else v2
+        v4 = np.float64(src[yi + 2, c, ch]) if 0 <= yi + 2 < H else v3
+        dst[y, x, ch] = _clip8_trunc(_cubic(v1, v2, v3, v4, dy))
+
+
+@njit(cache=True, nogil=True)
 def _clip8_trunc(v):
     if v <= 0.0:
         return np.uint8(0)
@@ -294,6 +318,12 @@ def _affine(src, dst, a, b, c, d, e, f, fill, bilinear):
                     else:
                         v2 = v1
                     dst[y, x, ch] = _clip8_trunc(v1 + (v2 - v1) * dy)
+                continue
+            if dy == 0.0:  # shear / translate along x: one row, as PIL's v = p1 = the middle row
+                _cubic_1d_row(src, dst, y, x, yi, xi, dx, W)
+                continue
+            if dx == 0.0:  # along y: one column of each row, likewise
+                _cubic_1d_col(src, dst, y, x, yi, xi, dy, W, H)
                 continue
             xi -= 1
             yi -= 1
