@@ -193,32 +193,44 @@ def _luma(r, g, b):
 
 
 @njit(cache=True, nogil=True)
+def _blend_table(factor, rows):
+    # _blend for every (degenerate, value) pair: the per-pixel work becomes one look-up, the
+    # numbers stay Pillow's. rows: the degenerate values needed (all 256, or one).
+    t = np.empty((256, 256), dtype=np.uint8)
+    for d in rows:
+        for v in range(256):
+            t[d, v] = _blend(d, v, factor)
+    return t
+
+
+@njit(cache=True, nogil=True)
 def _enhance(src, dst, which, factor):
     # which: 0 Color (blend with grey), 1 Contrast (with the mean grey), 2 Brightness (with black),
     # 3 Sharpness (with PIL's SMOOTH filter, border pixels kept).
     H, W, _ = src.shape
     if which == 0:
+        t = _blend_table(factor, np.arange(256))
         for y in range(H):
             for x in range(W):
                 g = _luma(src[y, x, 0], src[y, x, 1], src[y, x, 2])
                 for c in range(3):
-                    dst[y, x, c] = _blend(g, src[y, x, c], factor)
-    elif which == 1:
-        total = 0
-        for y in range(H):
-            for x in range(W):
-                total += _luma(src[y, x, 0], src[y, x, 1], src[y, x, 2])
-        mean = int(total / (H * W) + 0.5)
-        for y in range(H):
-            for x in range(W):
-                for c in range(3):
-                    dst[y, x, c] = _blend(mean, src[y, x, c], factor)
-    elif which == 2:
-        for y in range(H):
-            for x in range(W):
-                for c in range(3):
-                    dst[y, x, c] = _blend(0, src[y, x, c], factor)
+                    dst[y, x, c] = t[g, src[y, x, c]]
+    elif which == 1 or which == 2:
+        mean = 0
+        if which == 1:
+            total = 0
+            for y in range(H):
+                for x in range(W):
+                    total += _luma(src[y, x, 0], src[y, x, 1], src[y, x, 2])
+            mean = int(total / (H * W) + 0.5)
+        t = _blend_table(factor, np.array([mean]))
+        lut = np.empty((3, 256), dtype=np.uint8)
+        for c in range(3):
+            lut[c] = t[mean]
+        _apply_lut(src, dst, lut)
     else:
+        t = _blend_table(factor, np.arange(256))
+        w_mid, w_side = np.float32(5.0 / 13.0), np.float32(1.0 / 13.0)
         for y in range(H):
             for x in range(W):
                 for c in range(3):
@@ -228,10 +240,10 @@ def _enhance(src, dst, which, factor):
                     s = np.float32(0.0)
                     for dy in range(-1, 2):
                         for dx in range(-1, 2):
-                            w = np.float32(5.0 / 13.0) if (dy == 0 and dx == 0) else np.float32(1.0 / 13.0)
+                            w = w_mid if (dy == 0 and dx == 0) else w_side
                             s += w * np.float32(src[y + dy, x + dx, c])
                     smooth = 0 if s <= 0 else (255 if s >= 255 else int(s + np.float32(0.5)))
-                    dst[y, x, c] = _blend(smooth, src[y, x, c], factor)
+                    dst[y, x, c] = t[smooth, src[y, x, c]]
 
 
 # --- geometric ops: Image.transform(AFFINE) with PIL's filters ------------------------------------
