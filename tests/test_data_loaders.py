@@ -143,10 +143,17 @@ def test_batches_depend_on_seed_epoch_and_index_only(tiny_betons, backend):
     assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
     assert torch.equal(torch.get_rng_state(), states[2])
     assert not same_batches(run[0], run[1]), "epochs 0 and 1 drew the same augmentations"
-    two = build(2, seed=3)
-    # A resumed run starts at epoch 1 in a new process with another worker count: same batches.
-    assert same_batches(epoch_batches_of(two, 1, 3), run[1])
-    assert same_batches(epoch_batches_of(two, 0, 3), run[0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        two = build(2, seed=3)
+        # A resumed run starts at epoch 1 in a new process with another worker count: same batches.
+        assert same_batches(epoch_batches_of(two, 1, 3), run[1])
+        assert same_batches(epoch_batches_of(two, 0, 3), run[0])
+        # FFCV sets torch's thread count to its worker count; the training step's must not follow it.
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
     assert not same_batches(epoch_batches_of(build(1, seed=4), 0, 4), run[0]), "seed 4 gave seed 3's batches"
 
 

@@ -5,7 +5,8 @@ source folders and the files the conversion skipped, so both see exactly the sam
 the same labels. Each yields (images, labels): float32 NCHW normalised, int64 (N,).
 
 FFCV note: the FFCV loader reuses its output buffers, so clone a batch to keep it past the next
-one; it also sets torch's intra-op thread count to its worker count (ffcv.pipeline.compiler).
+one. It also sets torch's intra-op thread count to its worker count (ffcv.pipeline.compiler);
+`Batches` puts back the count the process had when the loader was built.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class Batches:
     sampler: object = None  # torchvision + distributed: reshuffled per epoch
     errors: list = field(default_factory=list)  # failures inside FFCV's loader thread
     cell: EpochCell | None = None  # (seed, epoch) the seeded augmentations read
+    torch_threads: int | None = None  # FFCV: torch's intra-op thread count to keep (see _keep_threads)
     _epoch: int = 0
 
     def __post_init__(self):
@@ -96,11 +98,20 @@ class Batches:
         if isinstance(self.loader.dataset if hasattr(self.loader, "dataset") else None, FileList):
             self.loader.dataset.set_epoch(self.cell.seed if self.cell else 0, epoch)
         it = self._running.iterator = iter(self.loader)
+        self._keep_threads()
         return self._batches(it)
+
+    def _keep_threads(self) -> None:
+        # FFCV sets torch's intra-op thread count to its worker count (on import to 1, then in
+        # Loader.__init__, __iter__ and its epoch thread): put back the count the process had, so
+        # the training step's arithmetic does not depend on the loader's worker count.
+        if self.torch_threads and torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
 
     def _batches(self, it) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         try:
             for images, labels in it:
+                self._keep_threads()  # the epoch thread has set it before its first batch
                 if self.errors:
                     err = self.errors[0]
                     raise RuntimeError(f"{self.backend} {self.split} pipeline failed in {len(self.errors)} place(s); "
@@ -251,6 +262,7 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
     entry = split_entry(manifest, "train", ffcv_dir)
     errors: list = []
     cell = EpochCell(seed, 0)
+    threads = torch.get_num_threads()  # before FFCV changes it (Batches._keep_threads)
     if backend == "ffcv":
         path = beton_path(manifest, "train", resolution, cfg.val_crop_pct, ffcv_dir)
         pipeline = T.ffcv_train_image_pipeline(cfg, resolution, cell, errors)
@@ -261,8 +273,10 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
                                        True, drop_last, distributed, seed, seeded=True)
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
-    return Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler, errors,
-                   cell)
+    batches = Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler,
+                      errors, cell, threads if backend == "ffcv" else None)
+    batches._keep_threads()
+    return batches
 
 
 def build_val_loader(params: Params | DataParams, resolution: int, batch_size: int, *,
@@ -280,6 +294,7 @@ def build_val_loader(params: Params | DataParams, resolution: int, batch_size: i
     workers = cfg.num_workers if num_workers is None else num_workers
     manifest = load_manifest(ffcv_dir)
     entry = split_entry(manifest, split, ffcv_dir)
+    threads = torch.get_num_threads()  # before FFCV changes it (Batches._keep_threads)
     if backend == "ffcv":
         path = beton_path(manifest, split, resolution, cfg.val_crop_pct, ffcv_dir)
         loader, sampler = _ffcv(path, T.ffcv_val_image_pipeline(cfg, resolution), batch_size, cfg,
@@ -290,4 +305,7 @@ def build_val_loader(params: Params | DataParams, resolution: int, batch_size: i
                                        False, False, distributed, 0)
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
-    return Batches(loader, backend, split, entry["images"], len(manifest["classes"]), batch_size, sampler)
+    batches = Batches(loader, backend, split, entry["images"], len(manifest["classes"]), batch_size, sampler,
+                      torch_threads=threads if backend == "ffcv" else None)
+    batches._keep_threads()
+    return batches
