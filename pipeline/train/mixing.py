@@ -8,6 +8,11 @@ timm's own helpers (same random draws, same order, same result) and records what
 Conventions (timm's, batch mode): x_a is the batch itself and x_b is the batch reversed
 (`x.flip(0)`); CutMix pastes x_b inside the box, so the paper's mask M is 1 *outside* the box,
 and lambda = sum(M) / (H W) after timm's border correction. Mixup is x = lambda x_a + (1-lambda) x_b.
+
+Seeding: timm draws lambda and the box from NumPy's global generator. The training loop seeds it
+per (seed, epoch, rank) at each epoch start and restores the checkpointed state at a mid-epoch
+resume, and the data loaders never draw from it (pipeline.data.seeding), so the draws of step s
+are a function of (seed, epoch, s) on either loader backend, whatever its worker count.
 """
 from __future__ import annotations
 
