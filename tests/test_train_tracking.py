@@ -47,3 +47,35 @@ def test_dead_server_warns_once_and_gives_up_fast(monkeypatch):
     assert time.monotonic() - t0 < 30
     assert len(warnings) == 1
     assert "MLflow tracking at http://127.0.0.1:9 failed" in warnings[0] and "training continues" in warnings[0]
+
+
+def test_stage_run_lands_beside_its_paper_row_in_a_model_training_experiment(tmp_path, monkeypatch):
+    """What a training stage does when it opens its run (pipeline.train.run._open_tracker): the
+    experiment is marked for MLflow's model-training view, and the paper's row for the stage is
+    logged beside our run, once, however often the stage reruns; other paper runs are kept."""
+    from pipeline.tracking.mlflow_run import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+    from pipeline.tracking.paper_tables import all_rows
+    from pipeline.tracking.reference import sync_paper_runs, sync_stage_rows
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    other = [r for r in all_rows() if r.row_id == "table2/swin-t@224"]
+    sync_paper_runs(other, uri=uri)  # an earlier `dvc repro paper_reference`, in part
+    for _ in range(2):  # the stage run twice (a rerun, or a resume)
+        t = Tracker("table2-imagenet", "hiri_vit_s@448", {"dvc_stage": "train_hiri_s_448"}, uri=uri,
+                    note=lambda _: None)
+        assert t.start() is not None
+        result = sync_stage_rows("train_hiri_s_448", "table2-imagenet", uri)
+        assert result.logged and result.experiments == {"table2-imagenet": 1}
+        t.finish()
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name("table2-imagenet")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    runs = c.search_runs([exp.experiment_id])
+    paper = sorted(r.data.tags["paper_row_id"] for r in runs if r.data.tags.get("source") == "paper")
+    assert paper == ["table2/hiri-vit-s@448", "table2/swin-t@224"]
+    (row,) = [r for r in runs if r.data.tags.get("paper_row_id") == "table2/hiri-vit-s@448"]
+    assert row.data.metrics["top1"] == 84.3 and row.data.params["run.img_size"] == "448"
+    assert sorted(r.info.run_name for r in runs if "source" not in r.data.tags) == ["hiri_vit_s@448"] * 2
+    assert t.where_to_look.endswith(f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+                                    "?workflowType=machine_learning")

@@ -15,6 +15,14 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# MLflow 3.x opens an experiment in its GenAI (traces) view unless told otherwise. The UI reads the
+# experiment tag `mlflow.experimentKind` (values in its ExperimentKind enum; "custom_model_development"
+# is what its "Model training" choice writes) and, where its workflow switch is on (3.17), the URL
+# parameter `workflowType=machine_learning`. We set the tag on every experiment we write to and
+# print links that carry the parameter.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where a plain `mlflow ui` serves
 
 
 def tracking_uri(repo_root: str | Path = REPO_ROOT) -> str:
@@ -27,6 +35,35 @@ def git_commit(repo_root: str | Path = REPO_ROOT) -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def model_training_experiment(client, name: str) -> str:
+    """The id of experiment `name`, created if missing, tagged as a model-training experiment."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made by an older version of this code
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return exp.experiment_id
+
+
+def runs_url(experiment_id: str, uri: str | None = None) -> str:
+    """The UI page listing the experiment's runs: on the tracking server itself when the store is
+    one, else where `mlflow ui` serves by default (a local file store)."""
+    uri = uri or tracking_uri()
+    base = uri.rstrip("/") if _is_server(uri) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def where_to_look(experiment_id: str, uri: str | None = None) -> str:
+    """How a user opens the experiment's runs: the link, after `mlflow ui` for a local store."""
+    uri = uri or tracking_uri()
+    link = runs_url(experiment_id, uri)
+    return f"open {link}" if _is_server(uri) else f"`mlflow ui` at the repo root, then open {link}"
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -42,14 +79,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, experiment: str, run_name: str, tags: dict[str, str], uri: str | None = None,
-                 run_id: str | None = None, warn=None):
+                 run_id: str | None = None, warn=None, note=None):
         self.experiment = experiment
         self.run_name = run_name
         self.tags = tags
         self.uri = uri or tracking_uri()
         self.run_id = run_id
+        self.experiment_id: str | None = None
         self.enabled = True
         self._warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._note = note or (lambda msg: print(msg, flush=True))  # where the finished run's link goes
         self._client = None
 
     def _safe(self, what: str, fn, *args, **kwargs):
@@ -75,18 +114,26 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
             if self.run_id is not None:
                 try:
-                    self._client.get_run(self.run_id)
+                    old = self._client.get_run(self.run_id)
                     self._client.update_run(self.run_id, status="RUNNING")
+                    self.experiment_id = old.info.experiment_id
                     return self.run_id
                 except Exception:  # noqa: BLE001 - the old run is gone: open a new one
                     self.run_id = None
-            exp = self._client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(self.experiment)
+            exp_id = model_training_experiment(self._client, self.experiment)
+            self.experiment_id = exp_id
             run = self._client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
             self.run_id = run.info.run_id
             return self.run_id
 
         return self._safe("opening the run", _open)
+
+    @property
+    def where_to_look(self) -> str | None:
+        """How to open the experiment's runs in the UI (None while tracking is off)."""
+        if not self.enabled or self.experiment_id is None:
+            return None
+        return where_to_look(self.experiment_id, self.uri)
 
     def log_params(self, params: dict[str, str]) -> None:
         if not self.enabled or self._client is None:
@@ -118,3 +165,5 @@ class Tracker:
         if not self.enabled or self._client is None:
             return
         self._safe("closing the run", self._client.set_terminated, self.run_id, status)
+        if status == "FINISHED" and self.where_to_look:
+            self._note(f"MLflow: run {self.run_name} in experiment {self.experiment}: {self.where_to_look}")

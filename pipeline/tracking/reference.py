@@ -20,8 +20,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .mlflow_run import tracking_uri
-from .paper_tables import PaperRow
+from .mlflow_run import model_training_experiment, tracking_uri
+from .paper_tables import PaperRow, all_rows
 
 SOURCE_TAG = "source"
 ROW_TAG = "paper_row_id"
@@ -80,6 +80,44 @@ def row_metrics(row: PaperRow) -> dict[str, float]:
 def sync_paper_runs(rows: list[PaperRow], uri: str | None = None, warn=None) -> SyncResult:
     """Make the store's paper runs match `rows` (the complete paper data): one run per row,
     created or updated; paper runs of rows not given are deleted. See the module docstring."""
+    def sync(client, result):
+        by_exp = _by_experiment(rows)
+        for name, exp_rows in by_exp.items():
+            _sync_experiment(client, name, exp_rows, result)
+            result.experiments[name] = len(exp_rows)
+        for exp in client.search_experiments():  # a table dropped from the data: its paper runs go too
+            if exp.name not in by_exp:
+                _sync_experiment(client, exp.name, [], result, create=False)
+
+    return _with_store(sync, uri, warn, "the paper's reference runs were not logged. Fix the store, then "
+                       "`dvc repro -f paper_reference`")
+
+
+def sync_stage_rows(stage: str, experiment: str, uri: str | None = None, warn=None) -> SyncResult:
+    """Log the paper row(s) of `experiment` that DVC stage `stage` reproduces (Table 2's
+    HIRI-ViT-S@448 row for train_hiri_s_448 in table2-imagenet) beside the stage's own run, the
+    same way `sync_paper_runs` does; the experiment's other paper runs are left as they are. A
+    training stage calls this when it opens its run, so `mlflow ui` compares it to the paper after
+    the stage alone; `dvc repro paper_reference` logs the rest of the tables (the ablation tables'
+    rows for the same stage included)."""
+    rows = [r for r in all_rows() if r.stage == stage and r.experiment == experiment]
+
+    def sync(client, result):
+        for name, exp_rows in _by_experiment(rows).items():
+            _sync_experiment(client, name, exp_rows, result, prune=False)
+            result.experiments[name] = len(exp_rows)
+
+    return _with_store(sync, uri, warn, f"the paper's row for {stage} was not logged")
+
+
+def _by_experiment(rows: list[PaperRow]) -> dict[str, list[PaperRow]]:
+    by_exp: dict[str, list[PaperRow]] = defaultdict(list)
+    for r in rows:
+        by_exp[r.experiment].append(r)
+    return by_exp
+
+
+def _with_store(sync, uri: str | None, warn, consequence: str) -> SyncResult:
     warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = SyncResult(uri=uri or tracking_uri())
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast on a dead server
@@ -87,31 +125,24 @@ def sync_paper_runs(rows: list[PaperRow], uri: str | None = None, warn=None) -> 
     try:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=result.uri)
-        by_exp: dict[str, list[PaperRow]] = defaultdict(list)
-        for r in rows:
-            by_exp[r.experiment].append(r)
-        for name, exp_rows in by_exp.items():
-            _sync_experiment(client, name, exp_rows, result)
-            result.experiments[name] = len(exp_rows)
-        for exp in client.search_experiments():  # a table dropped from the data: its paper runs go too
-            if exp.name not in by_exp:
-                _sync_experiment(client, exp.name, [], result, create=False)
+        sync(MlflowClient(tracking_uri=result.uri), result)
     except Exception as err:  # noqa: BLE001 - a tracking failure is reported, not fatal (as mlflow_run)
         first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         result.logged, result.error = False, first
-        warn(f"WARNING: MLflow tracking at {result.uri} failed ({first}); the paper's reference runs were "
-             f"not logged. Fix the store, then `dvc repro -f paper_reference`.")
+        warn(f"WARNING: MLflow tracking at {result.uri} failed ({first}); {consequence}.")
     return result
 
 
-def _sync_experiment(client, name: str, rows: list[PaperRow], result: SyncResult, create: bool = True) -> None:
+def _sync_experiment(client, name: str, rows: list[PaperRow], result: SyncResult, create: bool = True,
+                     prune: bool = True) -> None:
+    """Rows to runs in experiment `name`. prune: also delete the paper runs of rows not given
+    (with prune=False only duplicates of the given rows go)."""
     from mlflow.entities import Metric, Param, RunTag
 
     exp = client.get_experiment_by_name(name)
     if exp is None and not create:
         return
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    exp_id = model_training_experiment(client, name)
     existing = defaultdict(list)
     token = None
     while True:  # page through every paper run of the experiment
@@ -124,6 +155,8 @@ def _sync_experiment(client, name: str, rows: list[PaperRow], result: SyncResult
             break
     wanted = {r.row_id for r in rows}
     for row_id, runs in existing.items():  # rows gone from the data, and duplicates of one row
+        if row_id not in wanted and not prune:
+            continue
         for run in (runs if row_id not in wanted else runs[1:]):
             client.delete_run(run.info.run_id)
             result.deleted += 1

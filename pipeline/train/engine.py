@@ -43,6 +43,18 @@ def scaled_lr(recipe: RecipeParams) -> float:
     return recipe.lr * recipe.batch_size / recipe.lr_reference_batch
 
 
+# channels_last (NHWC) for the model and every batch: oneDNN's and cuDNN's fast convolution,
+# BatchNorm and elementwise kernels are NHWC ones; in NCHW HIRI-ViT's high-resolution stages run
+# their depthwise convolutions, GELU and BatchNorm as separate memory-bound passes with layout
+# reorders between them (bench/train_step.py measures the step both ways).
+MEMORY_FORMAT = torch.channels_last
+
+
+def to_memory_format(x: torch.Tensor) -> torch.Tensor:
+    """A batch in the training layout (4-D image tensors only; a no-op when already there)."""
+    return x.contiguous(memory_format=MEMORY_FORMAT) if x.ndim == 4 else x
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 matrix units on this CPU (AVX512-BF16 or AMX), as oneDNN reports them."""
     try:
@@ -113,8 +125,23 @@ def init_distributed(device: torch.device) -> None:
         if var not in os.environ:
             raise RuntimeError(f"{var} is not set: start training through pipeline.launch "
                                "(submitit), which exports the rendezvous from the JobEnvironment")
+    if device.type == "cpu":
+        _skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                auto_mpi_discovery=False, verbose=False)
+
+
+def _skip_shm_comm_build() -> None:
+    """DeepSpeed's CPU backend compiles its shared-memory all-reduce with g++ when it starts (3-5
+    minutes on 2 busy cores, once per machine: the main job's largest cost from a fresh machine).
+    Only DeepSpeed's inference all-reduce uses that op; training's collectives go through
+    torch.distributed (gloo), and without the op DeepSpeed takes that path everywhere."""
+    import importlib
+
+    # by module name: the attribute `deepspeed.comm.torch` is PyTorch itself
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    if hasattr(ds_torch, "build_shm_op"):  # as in DeepSpeed 0.19; a version without it just builds
+        ds_torch.build_shm_op = lambda: None
 
 
 def build_engine(model: nn.Module, recipe: RecipeParams, layout: BatchLayout, device: torch.device,
@@ -124,7 +151,18 @@ def build_engine(model: nn.Module, recipe: RecipeParams, layout: BatchLayout, de
     import deepspeed
 
     optimizer = build_optimizer(model, recipe)
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(recipe, layout, device, precision, stage),
-        dist_init_required=False)
+    config = deepspeed_config(recipe, layout, device, precision, stage)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+                                                   dist_init_required=False)
+    if weights_take_memory_format(config):
+        # after DeepSpeed's start, whose broadcast views each weight as bytes (NCHW only); in place
+        # (param.data), so the optimiser keeps the same parameters
+        engine.module.to(memory_format=MEMORY_FORMAT)
     return engine, optimizer
+
+
+def weights_take_memory_format(config: dict) -> bool:
+    """Whether the weights can be laid out as MEMORY_FORMAT: not where DeepSpeed holds them as views
+    of its flat buffers (ZeRO-1/2, bf16 on GPU). There they stay NCHW; batches and activations are
+    still NHWC, and the convolutions follow their input's layout."""
+    return config["zero_optimization"]["stage"] == 0 and not config["bf16"]["enabled"]

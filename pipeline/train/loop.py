@@ -23,7 +23,7 @@ from pipeline.config import RecipeParams
 from .checkpoint import CheckpointStore, set_rng_state, tag_for
 from .data import epoch_batches
 from .ema_distill import EmaTeacher, distill_target, teacher_target
-from .engine import BatchLayout, zero_stage
+from .engine import MEMORY_FORMAT, BatchLayout, to_memory_format, zero_stage
 from .evaluate import accuracy, autocast
 from .mixing import RecordingMixup
 from .preempt import Preempted, StopRequests
@@ -46,6 +46,11 @@ def _all_sum(values: list[float]) -> list[float]:
     if _world()[1] > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    return any(p.ndim == 4 and p.is_contiguous(memory_format=MEMORY_FORMAT) and not p.is_contiguous()
+               for p in model.parameters())
 
 
 def build_mixup(recipe: RecipeParams, num_classes: int) -> RecordingMixup:
@@ -98,6 +103,10 @@ class Trainer:
         self.on_epoch = on_epoch  # callback(row) on rank 0 after each epoch (MLflow)
         self.stop = stop  # SLURM stop signals, acted on at optimiser-step boundaries
         self.rank, self.world = _world()
+        # the teacher, a copy of the student made before build_engine, takes the student's layout, so
+        # that its forward and the EMA update run on the same one
+        if _channels_last(engine.module):
+            teacher.module.to(memory_format=MEMORY_FORMAT)
         self.mixup = build_mixup(recipe, num_classes)
         self.criterion = SoftTargetCrossEntropy()
         self.distill = recipe.ema.alpha < 1.0
@@ -162,7 +171,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> float:
         """One micro-batch: forward, backward, and (at accumulation boundaries) DeepSpeed's step."""
-        x = x.to(self.device, non_blocking=True)
+        x = to_memory_format(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         if self.distill:
             with autocast(self.device, self.precision):
@@ -222,6 +231,8 @@ class Trainer:
                     distribute_bn(self.engine.module, self.world, reduce=True)
                 self.scheduler.step_update(self.state.step)
                 self.teacher.update(self.engine.module, self.state.step)
+                if self.rank == 0 and self.state.step == progress.start_steps + 1:
+                    self._log_expected(progress)
                 if self.rank == 0 and (self.state.step % log_every == 0):
                     log(progress.line(epoch, self.recipe.epochs, self.state.step, loss,
                                       current_lr(self.optimizer)))
@@ -239,6 +250,14 @@ class Trainer:
             if self.state.epoch < self.recipe.epochs:
                 self._stop_if_signalled()
         return self.state.history
+
+    def _log_expected(self, progress: Progress) -> None:
+        """After this session's first optimiser step (oneDNN/cuDNN warm-up included, so on the
+        long side): the time the remaining steps should take at that pace."""
+        first = time.perf_counter() - progress.start
+        log(f"[{self.name}] first step {first:.1f} s: expect about {fmt_eta(progress.eta(self.state.step))} for "
+            f"the remaining {self.total_steps - self.state.step} steps, plus validation after each of "
+            f"{self.recipe.epochs - self.state.epoch} epoch(s) and the final evaluation")
 
     def _stop_if_signalled(self) -> None:
         """At an optimiser-step boundary: if any rank was signalled, save (unless this step's

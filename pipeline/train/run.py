@@ -279,6 +279,7 @@ def _run_id_file(spec: RunSpec) -> Path:
 
 def _open_tracker(spec: RunSpec, log):
     from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
+    from pipeline.tracking.reference import sync_stage_rows
 
     id_file = _run_id_file(spec)
     # a resumed run continues the MLflow run of the killed one, so its curves stay in one place
@@ -288,9 +289,14 @@ def _open_tracker(spec: RunSpec, log):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
     tracker = Tracker(EXPERIMENTS[spec.kind], spec.run_name, tags, uri=tracking_uri(spec.repo_root),
-                      run_id=resume_id, warn=log)
+                      run_id=resume_id, warn=log, note=log)
     run_id = tracker.start()
     if run_id is not None:
+        # the paper's row for this stage beside our run, so the UI compares them after this stage alone
+        paper = sync_stage_rows(spec.stage, tracker.experiment, tracker.uri, warn=log)
+        beside = " beside the paper's row" if paper.logged and paper.experiments else ""
+        log(f"[{spec.stage}] MLflow: run {spec.run_name}{beside} in experiment {tracker.experiment}: "
+            f"{tracker.where_to_look}")
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
         if run_id != resume_id:
