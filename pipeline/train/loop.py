@@ -179,7 +179,8 @@ class Trainer:
         x, y_tilde, info = self.mixup(x, y)
         target = y_tilde
         if self.distill:
-            target = distill_target(y_tilde, teacher_target(probs, info, tuple(x.shape[-2:])), self.recipe.ema.alpha)
+            target = distill_target(y_tilde, teacher_target(probs, info, tuple(x.shape[-2:])),
+                                    self.teacher.alpha_at(self.state.step))
         with autocast(self.device, self.precision):
             logits = self.engine(x)
         loss = self.criterion(logits.float(), target)

@@ -20,7 +20,8 @@ import torch
 
 from pipeline.config import Params, RecipeParams, TrainRun
 
-METRIC_KEYS = ("top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "params_m", "gflops", "throughput")
+METRIC_KEYS = ("top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "ema_map_top1", "ema_map_agreement",
+               "params_m", "gflops", "throughput")
 EXPERIMENTS = {"train": "table2-imagenet", "finetune": "table3-imagenet-768"}
 
 
@@ -103,15 +104,19 @@ def build_model(spec: RunSpec, num_classes: int):
     model = timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes,
                               drop_path_rate=run.drop_path_rate * recipe.drop_path_scale)
     if spec.init_weights is not None:
-        state = torch.load(spec.init_weights, map_location="cpu", weights_only=False)
+        # The student, as the authors' detection code loaded the final student (docs/training.md).
+        state = torch.load(spec.init_weights, map_location="cpu", weights_only=True)
         if state.get("num_classes") != num_classes:
             raise ValueError(f"{spec.init_weights}: {state.get('num_classes')} classes, this data has {num_classes}")
-        missing, unexpected = model.load_state_dict(state["student"], strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+        except ValueError as err:  # the stem stride the weights record is not this model's
+            raise ValueError(f"{spec.init_weights} does not fit {run.model}@{run.img_size}: {err}") from None
         if missing or unexpected:
             raise ValueError(f"{spec.init_weights} does not fit {run.model}@{run.img_size}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
         print(f"[{spec.stage}] initialised from {spec.init_weights} ({state.get('stage')}, "
-              f"{state.get('model')}@{state.get('img_size')})", flush=True)
+              f"{state.get('arch')}@{state.get('img_size')})", flush=True)
     return model
 
 
@@ -127,6 +132,8 @@ def train_worker(spec: RunSpec) -> dict | None:
 
 def _train_worker(spec: RunSpec) -> dict | None:
     from pipeline.launch.local import distributed_env, share_cpu_threads, watch_launcher
+
+    from pipeline.models.hiri_vit import model_file
 
     from .checkpoint import CheckpointStore, atomic_torch_save
     from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
@@ -152,7 +159,8 @@ def _train_worker(spec: RunSpec) -> dict | None:
 
     data = build_data(spec)
     model = build_model(spec, data.num_classes).to(device)
-    teacher = EmaTeacher(model, decay=recipe.ema.decay, warmup=recipe.ema.warmup)
+    teacher = EmaTeacher(model, decay=recipe.ema.decay, warmup=recipe.ema.warmup, alpha=recipe.ema.alpha,
+                         alpha_ramp=recipe.ema.alpha_ramp)
     engine, optimizer = build_engine(model, recipe, layout, device, precision)
     train_batches = data.train(layout.micro_batch, run.seed, world)
     val = data.evaluation("val", recipe.eval_batch_size) if rank == 0 else None
@@ -184,8 +192,7 @@ def _train_worker(spec: RunSpec) -> dict | None:
         student = engine.module
         metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log)
         spec.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"student": student.state_dict(), "ema": teacher.state_dict(), "model": run.model,
-                           "img_size": run.img_size, "num_classes": data.num_classes, "stage": spec.stage},
+        atomic_torch_save(model_file(student, teacher.module, run.model, data.num_classes, spec.stage),
                           spec.out_dir / "model.pt")
         write_outputs(spec, metrics, history)
         if tracker is not None:
@@ -221,11 +228,18 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
                 for k in prefix_keys:
                     out[who + k] = float("nan")
                 continue
-            acc = accuracy(model, batches, device, precision)
+            # The teacher's own map on val: how far AvgPool(softmax(P)), the distillation target,
+            # is the teacher's prediction (docs/training.md, "The teacher's map").
+            teacher_map = who == "ema_" and split == "val"
+            acc = accuracy(model, batches, device, precision, teacher_map=teacher_map)
             out[who + prefix_keys[0]] = acc.top1
             if len(prefix_keys) > 1:
                 out[who + prefix_keys[1]] = acc.top5
             log(f"  {who or 'student '}{split}: top-1 {acc.top1:.2f}%, top-5 {acc.top5:.2f}% ({acc.images} images)")
+            if teacher_map:
+                out["ema_map_top1"], out["ema_map_agreement"] = acc.map_top1, acc.map_agreement
+                log(f"  ema map {split}: top-1 {acc.map_top1:.2f}%, agrees with the teacher's own top-1 on "
+                    f"{acc.map_agreement:.2f}% of images")
     out["params_m"] = count_params_m(student)
     out["gflops"] = gflops(student, img_size)
     out["throughput"] = throughput(student, img_size, recipe.throughput_batch, recipe.throughput_iters, device,
