@@ -81,7 +81,13 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("table2-imagenet")
-    (mrun,) = client.search_runs([exp.experiment_id])
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in MLflow's runs view
+    runs = client.search_runs([exp.experiment_id])
+    # the paper's row for the stage, beside ours after this stage alone, once despite the rerun
+    (paper,) = [r for r in runs if r.data.tags.get("source") == "paper"]
+    assert paper.data.tags["paper_row_id"] == "table2/hiri-vit-s@448" and paper.data.metrics["top1"] == 84.3
+    (mrun,) = [r for r in runs if r is not paper]
+    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
     assert mrun.info.run_name == "hiri_vit_s@448" and mrun.info.status == "FINISHED"
     assert mrun.data.tags["dvc_stage"] == stage and len(mrun.data.tags["git_commit"]) == 40
     assert KEYS <= set(mrun.data.metrics) and "recipe.lr" in mrun.data.params
@@ -97,7 +103,8 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     assert f"initialised from {repo / 'outputs' / stage / 'model.pt'}" in out
     assert f"Running stage '{stage}'" not in out
     assert set(json.loads((repo / "metrics" / "finetune_hiri_s_768.json").read_text())) == KEYS
-    (ft,) = client.search_runs([client.get_experiment_by_name("table3-imagenet-768").experiment_id])
+    (ft,) = [r for r in client.search_runs([client.get_experiment_by_name("table3-imagenet-768").experiment_id])
+             if r.data.tags.get("source") != "paper"]
     assert ft.info.run_name == "hiri_vit_s@768"
 
     # 6. one training parameter of train_hiri_s_448: only that stage changes
