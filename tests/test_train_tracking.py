@@ -77,5 +77,5 @@ def test_stage_run_lands_beside_its_paper_row_in_a_model_training_experiment(tmp
     (row,) = [r for r in runs if r.data.tags.get("paper_row_id") == "table2/hiri-vit-s@448"]
     assert row.data.metrics["top1"] == 84.3 and row.data.params["run.img_size"] == "448"
     assert sorted(r.info.run_name for r in runs if "source" not in r.data.tags) == ["hiri_vit_s@448"] * 2
-    assert t.where_to_look.endswith(f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
-                                    "?workflowType=machine_learning")
+    assert t.where_to_look == (f"`mlflow ui` in {tmp_path}, then open http://127.0.0.1:5000/#/experiments/"
+                               f"{exp.experiment_id}/runs?workflowType=machine_learning")

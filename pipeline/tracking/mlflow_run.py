@@ -56,10 +56,16 @@ def runs_url(experiment_id: str, uri: str | None = None) -> str:
 
 
 def where_to_look(experiment_id: str, uri: str | None = None) -> str:
-    """How a user opens the experiment's runs: the link, after `mlflow ui` for a local store."""
+    """How a user opens the experiment's runs: the link, after the `mlflow ui` command that serves
+    a local store (`mlflow ui` reads ./mlflow.db by default)."""
     uri = uri or tracking_uri()
     link = runs_url(experiment_id, uri)
-    return f"open {link}" if _is_server(uri) else f"`mlflow ui` at the repo root, then open {link}"
+    if _is_server(uri):
+        return f"open {link}"
+    db = uri.removeprefix("sqlite:///")
+    serve = f"`mlflow ui` in {Path(db).parent}" if uri.startswith("sqlite:///") and db.endswith("/mlflow.db") \
+        else f"`mlflow ui --backend-store-uri {uri}`"
+    return f"{serve}, then open {link}"
 
 
 def _is_server(uri: str) -> bool:
