@@ -2,11 +2,13 @@
 memory per rank against plain data parallel (DDP) with 2 processes.
 
 Speed (1 process): the same model, batch, threads, precision and optimiser (torch AdamW with
-timm's parameter groups, gradient clipping at the recipe's norm) once as `loss.backward();
-clip; opt.step()` and through `pipeline.train.engine.build_engine`: as the training loop runs one
-rank (ZeRO off, there is nothing to partition) and with ZeRO-2 forced on that rank. All are
-interleaved in rounds and each reports its median step time, so drift on a shared machine hits
-them alike.
+timm's parameter groups, gradient clipping at the recipe's norm) as `loss.backward(); clip;
+opt.step()` in PyTorch's default NCHW layout and in channels_last, and through
+`pipeline.train.engine.build_engine` with the loop's batch layout (`to_memory_format`): as the
+training loop runs one rank (ZeRO off, there is nothing to partition) and with ZeRO-2 forced on
+that rank. The forward runs under the loop's autocast (`--precision`, default what the loop
+picks on this machine: bf16 where the CPU has native bf16, else fp32). All are interleaved in
+rounds and each reports its median step time, so drift on a shared machine hits them alike.
 
 Memory (2 processes through pipeline.launch, gloo): per rank, the bytes of optimiser state the
 rank holds (AdamW's exp_avg / exp_avg_sq, plus ZeRO's fp32 partition of the weights) and the
@@ -52,39 +54,52 @@ def _single_rank_env(port: int) -> None:
 
 
 def speed(args) -> dict:
-    from pipeline.train.engine import batch_layout, build_engine, build_optimizer, init_distributed
+    from pipeline.train.engine import (MEMORY_FORMAT, batch_layout, build_engine, build_optimizer,
+                                       init_distributed, to_memory_format)
+    from pipeline.train.evaluate import autocast
 
     torch.set_num_threads(args.threads)
     _single_rank_env(29600 + os.getpid() % 1000)
-    init_distributed(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    init_distributed(cpu)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     y = torch.randint(0, 1000, (args.batch,))
     recipe = _recipe(args.batch, args.batch)
 
-    plain = _model(args.model, args.img_size).train()
-    opt = build_optimizer(plain, recipe)
+    def loss_of(model, batch):
+        with autocast(cpu, args.precision):
+            logits = model(batch)
+        return torch.nn.functional.cross_entropy(logits.float(), y)
 
-    def plain_step():
-        loss = torch.nn.functional.cross_entropy(plain(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain.parameters(), recipe.clip_grad)
-        opt.step()
+    def plain_step_for(memory_format):
+        model = _model(args.model, args.img_size).train().to(memory_format=memory_format)
+        opt = build_optimizer(model, recipe)
+        batch = x.contiguous(memory_format=memory_format)
+
+        def plain_step():
+            loss = loss_of(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+            opt.step()
+
+        return plain_step
 
     def ds_step_for(stage):
         engine, _ = build_engine(_model(args.model, args.img_size).train(), recipe, batch_layout(recipe, 1),
-                                 torch.device("cpu"), "fp32", stage=stage)
+                                 cpu, args.precision, stage=stage)
+        batch = to_memory_format(x)  # as the loop hands batches over
 
         def ds_step():
-            loss = torch.nn.functional.cross_entropy(engine(x), y)
-            engine.backward(loss)
+            engine.backward(loss_of(engine, batch))
             engine.step()
 
         return ds_step
 
     # "deepspeed": what the training loop runs on one rank (ZeRO off: nothing to partition);
     # "zero2_1rank": ZeRO-2 forced on that one rank, to show what partitioning costs there.
-    steps = {"plain": plain_step, "deepspeed": ds_step_for(None), "zero2_1rank": ds_step_for(2)}
+    steps = {"plain": plain_step_for(torch.contiguous_format), "plain_cl": plain_step_for(MEMORY_FORMAT),
+             "deepspeed": ds_step_for(None), "zero2_1rank": ds_step_for(2)}
     times = {k: [] for k in steps}
     for fn in steps.values():  # warm-up (allocations, oneDNN primitive caches)
         for _ in range(2):
@@ -169,6 +184,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=16)  # the built-in recipe's batch
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="autocast of the forward, as the loop resolves it (auto: bf16 where the CPU has it)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--mem-batch", type=int, default=2, help="per-rank batch of the memory comparison")
@@ -176,14 +193,18 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
 
+    from pipeline.train.engine import resolve_precision
+
+    args.precision = resolve_precision(args.precision, torch.device("cpu"))
     s = speed(args)
-    print(f"\n{args.model} @ {args.img_size}, batch {args.batch}, {args.threads} threads, fp32, "
+    print(f"\n{args.model} @ {args.img_size}, batch {args.batch}, {args.threads} threads, {args.precision}, "
           f"{args.rounds} rounds x {args.steps} steps (median step time)\n")
     print("| step | images/s | vs plain PyTorch |")
     print("| --- | ---: | ---: |")
-    print(f"| plain PyTorch AdamW | {s['plain']:.2f} | 1.00 |")
-    print(f"| DeepSpeed, as the loop runs 1 rank (ZeRO off) | {s['deepspeed']:.2f} | {s['deepspeed'] / s['plain']:.2f} |")
-    print(f"| DeepSpeed ZeRO-2 forced on 1 rank | {s['zero2_1rank']:.2f} | {s['zero2_1rank'] / s['plain']:.2f} |")
+    for key, label in (("plain", "plain PyTorch AdamW (NCHW)"), ("plain_cl", "plain PyTorch AdamW, channels_last"),
+                       ("deepspeed", "DeepSpeed, as the loop runs 1 rank (channels_last, ZeRO off)"),
+                       ("zero2_1rank", "DeepSpeed ZeRO-2 forced on 1 rank")):
+        print(f"| {label} | {s[key]:.2f} | {s[key] / s['plain']:.2f} |")
     if args.skip_memory:
         return
     m = memory(args)
