@@ -162,7 +162,7 @@ def render(measured, paper, alts, irds_deltas, block_costs, four224, two224) -> 
         f"Targets (tested in `tests/test_ablations.py`): parameters within {PARAMS_TOLERANCE:.0%}, GFLOPs within",
         f"{GFLOPS_TOLERANCE:.0%}, on every row but the one under \"Gaps\".",
         "",
-        "Models are registered with timm on `import pipeline.models` (`pipeline/models/ablations/`);",
+        "Models are registered with timm on `import pipeline.models.ablations` (`pipeline/models/ablations/`);",
         "`pipeline.models.ablations.ROWS` maps each row to its model and resolution. Rows of the same",
         "architecture share one model: Table 7 row 7 is row 6's model at 448, rows 10-11 and Table 8",
         "row 4 are `hiri_vit_s` (row 11 differs from row 10 only by EMA distillation in training).",
