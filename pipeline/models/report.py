@@ -159,7 +159,22 @@ def detection_evidence() -> list[str]:
     return lines
 
 
+def aux_head_rows() -> list[str]:
+    """Parameters of the dense-map readings: ours adds none, a token-level auxiliary classifier
+    (Wave-ViT/Dual-ViT) one more C5 x 1000 linear layer."""
+    rows = []
+    for desc, extra in (("3. every location through the class-attention block (ours)", lambda c: 0),
+                        ("2. + token-level auxiliary classifier", lambda c: c * 1000 + 1000)):
+        cells = []
+        for name in SIZES:
+            ours = n_params(timm.create_model(name, img_size=448)) / 1e6 + extra(CONFIGS[name].widths[-1]) / 1e6
+            cells.append(f"{ours:.2f}M ({fmt_diff(ours, PAPER_PARAMS_M[name])})")
+        rows.append(f"| {desc} | {extra(CONFIGS['hiri_vit_b'].widths[-1]) / 1e6:.2f}M (B) | " + " | ".join(cells) + " |")
+    return rows
+
+
 def render(rows: dict, variants: list, detection: list[str]) -> str:
+    aux_rows = aux_head_rows()
     stem_l = stem_gflops("hiri_vit_l")
     s384 = rows[("hiri_vit_s", 384)]["gflops"] / rows[("hiri_vit_s", 448)]["gflops"]
     s384_stride2 = count_gflops(timm.create_model("hiri_vit_s", img_size=384, stem_stride=2), 384)
@@ -208,6 +223,17 @@ def render(rows: dict, variants: list, detection: list[str]) -> str:
         "  the next width (+BN); shortcut: 2x2 average pooling + 1x1 conv (+BN).",
         "- **IRDS-b** (4.3, Fig. 5c): 1x1 expansion conv + BN + GELU (the only norm and activation),",
         "  stride-2 depth-wise 3x3, 1x1 projection; shortcut: 2x2 average pooling + 1x1 conv.",
+        "- **The extra downsampling shortcut** (4.3: \"we add extra downsampling shortcuts to stabilize",
+        "  the training\"; its form is not given): ResNet-D's downsampling shortcut, 2x2 average pooling",
+        "  then a 1x1 conv to the new width, the cheapest form that changes both resolution and width",
+        "  without discarding 3 of 4 pixels as a strided 1x1 conv would. IRDS-a's carries BN like every",
+        "  conv of stages 1-3; IRDS-b's has none, since IRDS-b normalises \"only after the first",
+        "  convolution\".",
+        "- **The norm of IRDS-b between stages 4 and 5** is BatchNorm. Section 4.4 puts LN in \"the last",
+        "  two stages\", and we read that as the blocks of those stages (the LN before each attention);",
+        "  IRDS is a convolutional layer between stages, and its one norm sits right after a conv, where",
+        "  BN folds into that conv for inference (Section 4.4's reason for BN; `fold_batchnorm` folds",
+        "  it), which LN cannot. The IRDS-b between stages 3 and 4 has BN for the same reason.",
         "- **CFFN** (eq. 3): FC(DWConv(z) + z), z = GELU(FC(BN(x))); stage 3 is residual CFFN blocks.",
         "- **Transformer block** (stages 4-5): x + MHA(LN(x)) with eq. (1) over all tokens (no spatial",
         "  reduction), then x + CFFN(x). BN in stages 1-3 and every CFFN, LN only before attention (4.4).",
@@ -219,7 +245,8 @@ def render(rows: dict, variants: list, detection: list[str]) -> str:
         "## Open choices and the evidence",
         "",
         "The paper leaves four things open that move the counts: the head, the IRDS expansions, the",
-        "stem width, and the 224/384 configuration. Each reading below is counted by this command",
+        "stem width, and the 224/384 configuration (and, without moving them, the teacher's map and",
+        "the initialisation, below). Each reading below is counted by this command",
         "(parameters and GFLOPs at 448, relative to the paper):",
         "",
         "| reading | S params | B params | L params | S GFLOPs | B GFLOPs | L GFLOPs |",
@@ -240,8 +267,33 @@ def render(rows: dict, variants: list, detection: list[str]) -> str:
         "alone already puts B past the 1% target (row \"class-attention MLP E5\"). The detection",
         "tables below pin the head's size independently (last column), which a class-attention block",
         "with MLP ratio 4 (CaiT's) and one classifier fits (column \"our head\"). We keep no auxiliary",
-        "classifier: Section 4.5's teacher map is the classifier applied at every location of the",
-        "last map, i.e. the same head with the average pooling removed (`forward_dense`).",
+        "classifier (next paragraph).",
+        "",
+        "**The teacher's map (Section 4.5).** EMA distillation feeds the teacher \"with the average",
+        "pooling over the last feature map removed\", giving a class distribution per location, P, whose",
+        "average pool is the teacher's target. Our head pools first (the class token is the average of",
+        "the map) and then refines the pooled token with a class-attention block. Three readings of",
+        "\"the same network with the pooling removed\":",
+        "",
+        "1. *The classifier on each location's token* (our first implementation): the locations never",
+        "   pass through the class-attention block, so the classifier, trained only on refined class",
+        "   tokens, reads features it never saw; nothing ties AvgPool(P) to the teacher's prediction.",
+        "2. *A token-level auxiliary classifier trained on every location* (the authors' Wave-ViT /",
+        "   Dual-ViT \"aux head\"): a second classifier with its own loss, and more weights (table",
+        "   below): with it B leaves the 1% parameter target.",
+        "3. *Every location takes the pooled token's place* (**ours**, `HiriViT.dense_head`): location i",
+        "   queries the class-attention block over [itself, the map], exactly as the pooled token queries",
+        "   [pooled token, the map], then the norm and the classifier. Removing the pooling then changes",
+        "   only what stands in the class token's place: where the map is constant every location gives",
+        "   the pooled prediction exactly (tested), no weight is added, and no second objective.",
+        "",
+        "| reading | extra params | S params | B params | L params |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *aux_rows,
+        "",
+        "How well reading 3 reproduces the teacher's own prediction on a trained run (the",
+        "`ema_map_top1` and `ema_map_agreement` metrics every training stage writes) is measured in",
+        "docs/training.md, \"The teacher's map\".",
         "",
         "**IRDS expansions.** Section 4.3 cites EfficientNetV2 [43] (whose Fused-MBConv is IRDS-a's",
         "shape, expansion 4) and calls IRDS-b \"similar to inverted residual block [44]\" (MobileNetV2,",
@@ -255,6 +307,13 @@ def render(rows: dict, variants: list, detection: list[str]) -> str:
         "stems are 32/64/64 wide for S/B/L, which equals C1 for S and B and is 64 for L (C1 = 80);",
         "with it all three sizes land close to the paper at both 448 and 768 (main table).",
         "",
+        "**Initialisation.** The paper gives none. One rule per kind of layer, PVTv2's ([40], the recipe",
+        "the paper trains with): every fully connected layer, whether an `nn.Linear` (attention, class",
+        "attention, classifier) or a 1x1 conv in an FC's place on a map (the HR block's and every CFFN's",
+        "FC layers, class `PointwiseFC`), trunc-normal with std 0.02; every other conv normal with std",
+        "sqrt(2 / fan_out); biases zero; BN and LN weights 1, biases 0. (Our first implementation left",
+        "the 1x1 FC convs, and all convs, at PyTorch's default.)",
+        "",
         "## Resolution variants (224 and 384)",
         "",
         "Table 1's layout has a total stride of 64 (4x4 stem, four 2x downsamplings), so it takes",
@@ -264,7 +323,19 @@ def render(rows: dict, variants: list, detection: list[str]) -> str:
         "the 448 model. We therefore build the 224 model with a 2x2 HR-stem (the first stride-2 conv,",
         "then the high-resolution branch at stride 1 and the low-resolution branch at stride 2,",
         "upsampled by repetition): total stride 32, stage grids 112/56/28/14/7 exactly as at 448.",
-        "The rule in code: the 4x4 stem wherever the input divides by 64, else the 2x2 stem.",
+        "",
+        "The stem stride is a model argument, `stem_stride` (2 or 4), never inferred from an arbitrary",
+        "input size: its default is 2 for the paper's 224 and 4 for 384, 448 and 768 (and for any other",
+        "size, which must then divide by 64, or ask for `stem_stride=2`). The two stems have the same",
+        "weight shapes but compute different functions, so the stride is saved with the weights (the",
+        "model's `_extra_state` in every state dict, and `stem_stride` in a stage's model.pt), and",
+        "loading weights into a model with the other stem fails naming both strides.",
+        "",
+        "**Input sizes for dense tasks.** Detection and segmentation feed the 448-pretrained model",
+        "other sizes: any height and width divisible by the total stride, 64 with the 4x4 stem (32",
+        "with the 2x2). Pad to the next multiple rather than resize: COCO's 1600x1200 becomes",
+        "1600x1216 (torchvision's `GeneralizedRCNNTransform(size_divisible=64)`); ADE20K's 512x512",
+        "crops divide already. A size that does not divide is a `ValueError` naming the stride.",
         "",
         "What stays unreconciled:",
         "",
@@ -277,6 +348,15 @@ def render(rows: dict, variants: list, detection: list[str]) -> str:
         f"  would cost {s384_stride2:.1f} GFLOPs for S, {s384_stride2 / 4.7:.1f}x the paper's 4.7. The paper's 384 rows (S 4.7, B 9.3, L 18.2;",
         "  between its 224 and 448 costs, and slower than its 224 models) fit neither integer-stride",
         "  layout; we keep the natural one and show the gap.",
+        "",
+        "**What the ablations say about 224.** Table 7's 224 rows are four-stage models, and its row 6",
+        "(four stages, IRDS, 224) scores Table 2's S@224 top-1. A four-stage HIRI-ViT (Table 1 without",
+        "stage 1, the 4x4 stem straight into C2) lands within 2.4% of all three of Table 2's 224 GFLOPs",
+        "and explains its 224 models' speed, which our 2x2-stem reading does not: docs/ablations.md,",
+        "\"What Tables 7 and 8 say about the 224 rows of Table 2\", counts it. The training stages",
+        "`train_hiri_{s,b,l}_224` still build the 2x2-stem model above; moving them to the four-stage",
+        "model changes those stages' architecture and weights and is the ablations' follow-up (the",
+        "four-stage builder lives in `pipeline/models/ablations/`).",
         "",
     ]
     return "\n".join(md)
