@@ -193,6 +193,7 @@ class Trainer:
         resumed = self.resume()
         rng = self._rng_to_restore
         progress = Progress(self.name, self.total_steps, self.layout.global_batch, self.state.step)
+        t_first_step = 0.0  # when this session's first optimiser step ended (for _log_expected)
         log_every = self.recipe.log_every_steps
         ckpt_every = self.recipe.checkpoint_every_steps
         if self.rank == 0 and not resumed:
@@ -233,7 +234,9 @@ class Trainer:
                 self.scheduler.step_update(self.state.step)
                 self.teacher.update(self.engine.module, self.state.step)
                 if self.rank == 0 and self.state.step == progress.start_steps + 1:
-                    self._log_expected(progress)
+                    t_first_step = time.perf_counter()
+                if self.rank == 0 and self.state.step == progress.start_steps + 2:
+                    self._log_expected(time.perf_counter() - t_first_step)
                 if self.rank == 0 and (self.state.step % log_every == 0):
                     log(progress.line(epoch, self.recipe.epochs, self.state.step, loss,
                                       current_lr(self.optimizer)))
@@ -252,13 +255,13 @@ class Trainer:
                 self._stop_if_signalled()
         return self.state.history
 
-    def _log_expected(self, progress: Progress) -> None:
-        """After this session's first optimiser step (oneDNN/cuDNN warm-up included, so on the
-        long side): the time the remaining steps should take at that pace."""
-        first = time.perf_counter() - progress.start
-        log(f"[{self.name}] first step {first:.1f} s: expect about {fmt_eta(progress.eta(self.state.step))} for "
-            f"the remaining {self.total_steps - self.state.step} steps, plus validation after each of "
-            f"{self.recipe.epochs - self.state.epoch} epoch(s) and the final evaluation")
+    def _log_expected(self, step_seconds: float) -> None:
+        """After this session's second optimiser step: the time the remaining steps should take at
+        its pace (the first step carries the loader's and oneDNN's warm-up, several times a step)."""
+        left = self.total_steps - self.state.step
+        log(f"[{self.name}] {step_seconds:.1f} s per step: expect about {fmt_eta(step_seconds * left)} for the "
+            f"remaining {left} steps, plus validation after each of {self.recipe.epochs - self.state.epoch} "
+            f"epoch(s) and the final evaluation")
 
     def _stop_if_signalled(self) -> None:
         """At an optimiser-step boundary: if any rank was signalled, save (unless this step's
