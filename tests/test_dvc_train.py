@@ -17,7 +17,8 @@ from tests.kill import sigkill_once_exists
 from tests.repo_copy import DVC, copy_repo, repo_env, run
 
 pytestmark = [pytest.mark.dvc, pytest.mark.slow]
-KEYS = {"top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "params_m", "gflops", "throughput"}
+KEYS = {"top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "ema_map_top1", "ema_map_agreement", "params_m",
+        "gflops", "throughput"}
 
 
 @pytest.fixture()
