@@ -104,7 +104,7 @@ def build_model(spec: RunSpec, num_classes: int):
     model = timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes,
                               drop_path_rate=run.drop_path_rate * recipe.drop_path_scale)
     if spec.init_weights is not None:
-        # The student, as the authors' detection code loaded the final student (docs/training.md).
+        # The student: the model the loss trained at 448; the 768 run's own EMA teacher starts from it too.
         state = torch.load(spec.init_weights, map_location="cpu", weights_only=True)
         if state.get("num_classes") != num_classes:
             raise ValueError(f"{spec.init_weights}: {state.get('num_classes')} classes, this data has {num_classes}")
