@@ -97,6 +97,15 @@ def check_input(x: torch.Tensor, in_chans: int, total_stride: int, img_size: int
         )
 
 
+def square_side(img_size: int | Sequence[int]) -> int:
+    """timm passes img_size as an int or (H, W); these models take square inputs."""
+    if isinstance(img_size, (tuple, list)):
+        if len(img_size) != 2 or img_size[0] != img_size[1]:
+            raise ValueError(f"HIRI-ViT takes square inputs, got img_size={tuple(img_size)}")
+        img_size = img_size[0]
+    return int(img_size)
+
+
 def _check_pool(global_pool: str, num_classes: int) -> str:
     if global_pool not in GLOBAL_POOLS:
         raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
@@ -131,11 +140,7 @@ class HiriViT(nn.Module):
         of the last block, linearly increasing from 0; class_attention=False: a plain pooled-linear
         head (an ablation, docs/model.md)."""
         super().__init__()
-        if isinstance(img_size, (tuple, list)):
-            if len(img_size) != 2 or img_size[0] != img_size[1]:
-                raise ValueError(f"HIRI-ViT takes square inputs, got img_size={tuple(img_size)}")
-            img_size = img_size[0]
-        self.img_size = int(img_size)
+        self.img_size = square_side(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = _check_pool(global_pool, num_classes)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..ablation_blocks import ConvStem, MViTBlock, conv_downsample, vit_stem
 from ..blocks import CFFNBlock, ClassBlock, HRBlock, HRStem, IRDSA, IRDSB, TransformerBlock
-from ..hiri_vit import CLS_MLP_RATIO, IRDS_A_EXPANSION, IRDS_B_EXPANSION, HiriViT, _check_pool
+from ..hiri_vit import CLS_MLP_RATIO, IRDS_A_EXPANSION, IRDS_B_EXPANSION, HiriViT, _check_pool, square_side
 
 BLOCKS = ("hr", "cffn", "t", "mvit")
 STEMS = ("vit", "conv", "hr")
@@ -121,11 +121,7 @@ class StagedNet(HiriViT):
         stages = tuple(stages)
         if len(downsamples) != len(stages) - 1:
             raise ValueError(f"{len(stages)} stages need {len(stages) - 1} downsamples, got {list(downsamples)}")
-        if isinstance(img_size, (tuple, list)):
-            if len(img_size) != 2 or img_size[0] != img_size[1]:
-                raise ValueError(f"these models take square inputs, got img_size={tuple(img_size)}")
-            img_size = img_size[0]
-        self.img_size = int(img_size)
+        self.img_size = square_side(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = _check_pool(global_pool, num_classes)
