@@ -238,6 +238,154 @@ class LaunchParams(Section):
         return self
 
 
+# --- transfer (issue 11): COCO detection, ADE20K segmentation (pipeline/transfer) -------------
+
+
+class CocoBuiltinParams(Section):
+    """The generated COCO-layout set (pipeline/transfer/builtin.py): all 80 COCO categories are
+    declared, objects are drawn from the first `categories` of them."""
+
+    train_images: int = Field(160, ge=1)
+    val_images: int = Field(40, ge=1)
+    min_side: int = Field(256, ge=32)
+    max_side: int = Field(384, ge=32)
+    objects: tuple[int, int] = (1, 4)  # objects per image, drawn in [lo, hi]
+    categories: int = Field(6, ge=1, le=80)
+    jpeg_quality: tuple[int, int] = (80, 95)
+
+
+class AdeBuiltinParams(Section):
+    """The generated ADE20K-layout set: index masks 0..150, classes from the first `classes`."""
+
+    train_images: int = Field(160, ge=1)
+    val_images: int = Field(40, ge=1)
+    min_side: int = Field(256, ge=32)
+    max_side: int = Field(384, ge=32)
+    objects: tuple[int, int] = (2, 5)
+    classes: int = Field(8, ge=2, le=150)
+    jpeg_quality: tuple[int, int] = (80, 95)
+
+
+class TransferBuiltinParams(Section):
+    seed: int = 0
+    coco: CocoBuiltinParams = CocoBuiltinParams()
+    ade20k: AdeBuiltinParams = AdeBuiltinParams()
+
+
+class DetectionRecipe(Section):
+    """One COCO fine-tuning recipe (RetinaNet and Mask R-CNN share it, as PVTv2's 1x configs do)."""
+
+    epochs: int = Field(12, ge=1)  # 5.2: the 1x schedule
+    lr_steps: list[int] = Field(default_factory=lambda: [8, 11])  # mmdet 1x: x0.1 after epochs 8 and 11
+    lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    batch_size: int = Field(16, ge=1)  # 5.2 (global)
+    micro_batch_size: int = Field(2, ge=1)  # images per rank per step (mmdet: 2 per GPU)
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_iters: int = Field(500, ge=0)  # mmdet 1x: linear warm-up
+    warmup_ratio: float = Field(0.001, gt=0.0, le=1.0)
+    clip_grad: float | None = Field(None, gt=0.0)
+    min_size: int = Field(1600, ge=32)  # 5.2: shorter side
+    max_size: int = Field(2666, ge=32)  # 5.2: longer side at most
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    max_iters_per_epoch: int | None = Field(None, ge=1)  # CPU scale: cap the steps of an epoch
+    weights: Literal["student", "ema"] = "ema"
+    backbone_bn: Literal["train", "frozen", "sync"] = "sync"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every_iters: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_iters: int = Field(50, ge=1)
+    eval_batch_size: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} > max_size {self.max_size}")
+        if sorted(self.lr_steps) != self.lr_steps or any(not 0 < s <= self.epochs for s in self.lr_steps):
+            raise ValueError(f"lr_steps {self.lr_steps} must be increasing epochs in 1..{self.epochs}")
+        return self
+
+
+class SegmentationRecipe(Section):
+    """The ADE20K UPerNet recipe (5.3, and Swin's 160k config where 5.3 is silent)."""
+
+    iters: int = Field(160_000, ge=1)  # 5.3
+    warmup_iters: int = Field(1500, ge=0)  # 5.3
+    warmup_ratio: float = Field(1e-6, gt=0.0, le=1.0)  # Swin/mmseg
+    poly_power: float = Field(1.0, gt=0.0)  # 5.3: linear decay
+    min_lr: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(16, ge=1)  # 5.3
+    micro_batch_size: int = Field(2, ge=1)
+    lr: float = Field(6e-5, gt=0.0)  # 5.3
+    weight_decay: float = Field(0.01, ge=0.0)  # 5.3
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = Field(None, gt=0.0)
+    scale: tuple[int, int] = (2048, 512)  # mmseg ADE20K: rescale (2048, 512) by ratio_range
+    ratio_range: tuple[float, float] = (0.5, 2.0)  # 5.3
+    crop_size: int = Field(512, ge=32)
+    cat_max_ratio: float = Field(0.75, gt=0.0, le=1.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    photometric: bool = True
+    aux_weight: float = Field(0.4, ge=0.0)  # Swin's UPerNet: auxiliary FCN head
+    weights: Literal["student", "ema"] = "ema"
+    backbone_bn: Literal["train", "frozen", "sync"] = "sync"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    eval_every_iters: int = Field(16_000, ge=1)
+    checkpoint_every_iters: int = Field(4000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_iters: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        if self.warmup_iters >= self.iters and self.warmup_iters > 0:
+            raise ValueError(f"warmup_iters {self.warmup_iters} must be < iters {self.iters}")
+        return self
+
+
+class TransferRun(Section):
+    """One transfer stage (its key is the DVC stage name): the model and the pretraining it starts from."""
+
+    model: Literal["retinanet", "maskrcnn", "upernet"]
+    init_from: str  # a train.runs key; its stage's model.pt holds the backbone weights
+    drop_path_rate: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+def _transfer_runs() -> dict[str, TransferRun]:
+    runs = {}
+    for s, dp in (("s", 0.2), ("b", 0.3)):
+        for model in ("retinanet", "maskrcnn"):
+            runs[f"coco_{model}_hiri_{s}"] = TransferRun(model=model, init_from=f"hiri_{s}_448", drop_path_rate=dp)
+        runs[f"ade20k_upernet_hiri_{s}"] = TransferRun(model="upernet", init_from=f"hiri_{s}_448", drop_path_rate=dp)
+    return runs
+
+
+class TransferParams(Section):
+    # Real dataset roots; null = the built-in generated sets (profile builtin only).
+    coco: str | None = None  # holds annotations/instances_{train,val}2017.json, train2017/, val2017/
+    ade20k: str | None = None  # ADEChallengeData2016: images/{training,validation}/, annotations/{...}/
+    builtin: TransferBuiltinParams = TransferBuiltinParams()
+    # More unusable images or annotations than this fraction: the dataset cannot be trusted
+    max_unusable_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    detection: dict[Literal["builtin", "paper"], DetectionRecipe] = Field(
+        default_factory=lambda: {"builtin": DetectionRecipe(), "paper": DetectionRecipe()})
+    segmentation: dict[Literal["builtin", "paper"], SegmentationRecipe] = Field(
+        default_factory=lambda: {"builtin": SegmentationRecipe(), "paper": SegmentationRecipe()})
+    runs: dict[str, TransferRun] = Field(default_factory=_transfer_runs)
+
+    def run(self, key: str) -> TransferRun:
+        if key not in self.runs:
+            raise KeyError(f"no transfer run {key!r} in params.yaml; known runs: {sorted(self.runs)}")
+        return self.runs[key]
+
+
 # --- report (issue 6): the paper beside ours, stages/report.py -----------------------------------
 
 
@@ -276,6 +424,7 @@ class Params(Section):
     finetune: FinetuneParams = FinetuneParams()
     launch: LaunchParams = LaunchParams()
     report: ReportParams = ReportParams()
+    transfer: TransferParams = TransferParams()
 
     @model_validator(mode="after")
     def _finetune_sources(self):
@@ -283,6 +432,13 @@ class Params(Section):
             if run.init_from not in self.train.runs:
                 raise ValueError(f"finetune.runs.{key}.init_from: no train run {run.init_from!r} "
                                  f"(known: {sorted(self.train.runs)})")
+        for key, run in self.transfer.runs.items():
+            if run.init_from not in self.train.runs:
+                raise ValueError(f"transfer.runs.{key}.init_from: no train run {run.init_from!r} "
+                                 f"(known: {sorted(self.train.runs)})")
+            if not key.startswith(("coco_", "ade20k_")) or (key.startswith("ade20k_") != (run.model == "upernet")):
+                raise ValueError(f"transfer.runs.{key}: a COCO run's key starts with coco_ (retinanet, maskrcnn), "
+                                 f"an ADE20K run's with ade20k_ (upernet); got model {run.model!r}")
         return self
 
 
