@@ -324,9 +324,9 @@ class SegmentationRecipe(Section):
     weight_decay: float = Field(0.01, ge=0.0)  # 5.3
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = Field(None, gt=0.0)
-    scale: tuple[int, int] = (2048, 512)  # mmseg ADE20K: rescale (2048, 512) by ratio_range
+    scale: tuple[int, int] = (4096, 1024)  # twice mmseg's ADE20K (2048, 512), rescaled by ratio_range
     ratio_range: tuple[float, float] = (0.5, 2.0)  # 5.3
-    crop_size: int = Field(512, ge=32)
+    crop_size: int = Field(1024, ge=32)  # twice mmseg's 512 (docs/transfer.md)
     cat_max_ratio: float = Field(0.75, gt=0.0, le=1.0)
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     photometric: bool = True
