@@ -20,6 +20,8 @@ from numba.extending import intrinsic
 
 # Streams: one per kind of draw, so adding draws to one never shifts another's.
 CROP, FLIP, RAND_AUGMENT, ERASE, TORCHVISION = 1, 2, 3, 4, 5
+# The ADE20K train pipeline's random rescale and photometric distortion (pipeline/transfer/ade20k.py).
+RESCALE, PHOTOMETRIC = 6, 7
 
 _GOLDEN = 0x9E3779B97F4A7C15
 
