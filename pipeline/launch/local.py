@@ -157,6 +157,12 @@ def _failed_task(tasks) -> tuple[int, str] | None:
     return None
 
 
+def run_spec(spec):
+    """What each local task runs: the stage spec's own worker (a module-level function, so submitit
+    pickles it by name)."""
+    return spec.work()
+
+
 def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, name: str, echo=sys.stdout):
     """Run fn(*args) as `launch.tasks` processes with LocalExecutor; echo rank 0's output while it
     runs; return rank 0's result, or raise LaunchError with the failing task's log tail."""

@@ -1,7 +1,8 @@
 """Training stages as SLURM jobs through submitit: submit, or re-attach to the job already
 submitted for the same stage and inputs, wait, and put its outputs where dvc.yaml expects them.
 
-The job runs the very worker the local launcher runs (`pipeline.train.run.train_worker`): rank,
+The job runs the very worker the local launcher runs (the spec's own `work()`: a training stage's
+`pipeline.train.run.train_worker`, a transfer stage's `pipeline.transfer.run.transfer_worker`): rank,
 world size and rendezvous come from submitit's JobEnvironment in both (`distributed_env`), one
 task per GPU (NCCL) or `tasks_per_node` CPU tasks (gloo), on 1..N nodes. The recipe's global
 batch and its learning-rate scaling do not depend on the node count (`batch_layout` turns more
@@ -49,13 +50,12 @@ class SlurmJobError(RuntimeError):
     """The stage's SLURM job failed; the message carries its state and the tail of its stderr."""
 
 
-class TrainJob(Checkpointable):
-    """The training callable submitit runs per task; requeue-safe (see the module docstring)."""
+class StageJob(Checkpointable):
+    """The callable submitit runs per task: the stage spec's own worker (so this package imports no
+    stage code); requeue-safe (see the module docstring)."""
 
     def __call__(self, spec):
-        from pipeline.train.run import train_worker
-
-        return train_worker(spec)
+        return spec.work()
 
 
 class _QueueWatcher(submitit.slurm.slurm.SlurmInfoWatcher):
@@ -166,7 +166,7 @@ def submit(spec, key: str, dependency: list[str] | None = None) -> dict:
         job_spec = staged_spec(spec, key)
         shutil.rmtree(job_spec.out_dir.parent, ignore_errors=True)  # no leftovers of an earlier try
         folder = root / "outputs" / "submitit" / spec.stage
-        job = executor_for(spec, folder, dependency).submit(TrainJob(), job_spec)
+        job = executor_for(spec, folder, dependency).submit(StageJob(), job_spec)
         rec = {"stage": spec.stage, "key": key, "job_id": job.job_id, "folder": str(folder),
                "stderr": str(job.paths.stderr), "result": str(job.paths.result_pickle),
                "staged": str(job_spec.out_dir.parent), "submitted_at": time.time()}

@@ -87,7 +87,7 @@ def tag_for(step: int) -> str:
     return f"step{step:09d}"
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -131,7 +131,7 @@ class CheckpointStore:
                     log(f"removing incomplete checkpoint {child.name} (interrupted while being written)")
                     shutil.rmtree(child)
             atomic_write_text(fp_file, wanted)
-        _barrier()
+        barrier()
         return self.latest_tag()
 
     # -- save / load ----------------------------------------------------------------------------
@@ -140,12 +140,12 @@ class CheckpointStore:
         tag_dir = self.root / tag
         if self.rank == 0 and tag_dir.exists():  # a leftover of a run killed at this very step
             shutil.rmtree(tag_dir)
-        _barrier()
+        barrier()
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
         atomic_torch_save(rng_state(), tag_dir / f"rng_rank{self.rank}.pt")
         if self.rank == 0 and ema_state is not None:
             atomic_torch_save(ema_state, tag_dir / "ema.pt")
-        _barrier()  # every rank's files are written
+        barrier()  # every rank's files are written
         if self.rank == 0:
             for f in tag_dir.rglob("*"):
                 if f.is_file():
@@ -153,7 +153,7 @@ class CheckpointStore:
             atomic_write_text(tag_dir / MARKER, f"{step}\n")
             atomic_write_text(self.root / POINTER, tag)
             self._prune(keep_tag=tag)
-        _barrier()
+        barrier()
         return tag
 
     def _prune(self, keep_tag: str) -> None:
@@ -181,7 +181,7 @@ class CheckpointStore:
 
     def clear(self) -> None:
         """Drop all checkpoints once the run's final weights are safely written."""
-        _barrier()
+        barrier()
         if self.rank == 0 and self.root.exists():
             shutil.rmtree(self.root)
-        _barrier()
+        barrier()

@@ -47,6 +47,10 @@ class RunSpec:
     def stage(self) -> str:
         return f"{self.kind}_{self.key}"
 
+    def work(self) -> dict | None:
+        """One rank of the run (what the launchers call)."""
+        return train_worker(self)
+
     @property
     def recipe(self) -> RecipeParams:
         section = self.params.train if self.kind == "train" else self.params.finetune

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.config import Params
 
-from .run import RunSpec, train_worker
+from .run import RunSpec
 
 
 class StageError(RuntimeError):
@@ -90,9 +90,11 @@ def stage_lock(spec: RunSpec, wait_s: float = 30.0):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_stage(spec: RunSpec) -> dict:
-    """Launch the run (params.launch), wait, return the final metrics."""
-    from pipeline.launch.local import run_local
+def run_stage(spec) -> dict:
+    """Launch the run (params.launch), wait, return the final metrics. `spec` is a training run's
+    RunSpec or a transfer run's TransferSpec: anything with stage, params, repo_root, ckpt_dir and
+    a `work()` that is one rank's body."""
+    from pipeline.launch.local import run_local, run_spec
 
     launch = spec.params.launch
     if launch.launcher == "slurm":  # a SLURM job outlives this process; its job record is the lock
@@ -100,5 +102,5 @@ def run_stage(spec: RunSpec) -> dict:
 
         return run_stage_slurm(spec)
     with stage_lock(spec):
-        return run_local(train_worker, spec, launch=launch, folder=spec.repo_root / "outputs" / "submitit" / spec.stage,
+        return run_local(run_spec, spec, launch=launch, folder=spec.repo_root / "outputs" / "submitit" / spec.stage,
                          name=spec.stage)

@@ -84,15 +84,17 @@ def load_backbone(backbone: nn.Module, path: str | Path, weights: str) -> dict:
     return meta
 
 
-def set_batch_norm(module: nn.Module, mode: str, distributed: bool) -> nn.Module:
-    """Apply the recipe's `backbone_bn` to `module`; return the (possibly replaced) module."""
-    if mode == "frozen":
-        return freeze_batch_norm_2d(module)
-    if mode == "sync" and distributed and torch.cuda.is_available():
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if mode not in ("train", "sync"):
+def set_batch_norm(model: nn.Module, backbone: nn.Module, mode: str, distributed: bool) -> nn.Module:
+    """Apply the recipe's `backbone_bn`; return the model (replaced when converted). `frozen`
+    freezes the backbone's BatchNorm only; `sync` converts every BatchNorm of the model, heads
+    included (mmseg's SyncBN heads), where SyncBatchNorm runs: several CUDA ranks."""
+    if mode not in ("train", "frozen", "sync"):
         raise ValueError(f"backbone_bn must be 'train', 'frozen' or 'sync', got {mode!r}")
-    return module
+    if mode == "frozen":
+        freeze_batch_norm_2d(backbone)  # replaces the BatchNorm children in place
+    if mode == "sync" and distributed and torch.cuda.is_available():
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor:
