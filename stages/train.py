@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
 
     from pipeline.config import ParamsError, load_params
-    from pipeline.train.stage import StageError, make_spec, run_stage
+    from pipeline.launch.stage import StageError, run_stage
+    from pipeline.train.stage import make_spec
 
     try:
         params = load_params(args.params)  # validated before anything launches

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.launch.local import LaunchError, watch_parent
     from pipeline.launch.profiles import ProfileError
     from pipeline.launch.slurm import SlurmJobError
-    from pipeline.train.stage import StageError, run_stage
+    from pipeline.launch.stage import StageError, run_stage
 
     if params.launch.launcher == "local":
         watch_parent()  # `dvc repro` killed: stop too, and the workers follow

@@ -135,7 +135,7 @@ def test_two_rank_job_saves_at_signal_together_and_matches_one_process(tmp_path,
     rendezvous from submitit's JobEnvironment, as on N nodes. Requeued mid-run, both ranks save
     their ZeRO-2 partitions at the signal and resume; the result matches one local process with
     the same global batch (tests/rank_compare.py: why these tolerances and exclusions)."""
-    from pipeline.train.stage import run_stage
+    from pipeline.launch.stage import run_stage
     from tests.rank_compare import RANK_INVARIANT_RECIPE, assert_students_match
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

@@ -3,7 +3,7 @@ parameters as 1 process with the same global batch (there: 2 accumulation steps)
 import pytest
 import torch
 
-from pipeline.train.stage import run_stage
+from pipeline.launch.stage import run_stage
 from pipeline.train.synthetic import smoke_params, smoke_spec
 from tests.rank_compare import RANK_INVARIANT_RECIPE, assert_students_match
 

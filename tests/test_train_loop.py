@@ -11,7 +11,7 @@ import torch
 
 from pipeline.launch.local import LaunchError
 from pipeline.train.checkpoint import MARKER
-from pipeline.train.stage import run_stage
+from pipeline.launch.stage import run_stage
 from pipeline.train.synthetic import smoke_params, smoke_spec
 from tests.kill import sigkill_once_exists
 

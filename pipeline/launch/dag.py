@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from pipeline.config import ParamsError
     from pipeline.launch.profiles import ProfileError
-    from pipeline.train.stage import StageError
+    from .stage import StageError
 
     try:
         launch(args.targets)

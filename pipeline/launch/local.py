@@ -37,6 +37,14 @@ def distributed_env() -> dict:
             "local_world_size": env.local_world_size, "master": f"{env.master_addr}:{env.master_port}"}
 
 
+def in_slurm_job() -> bool:
+    """Whether this process is a task of a SLURM job started by submitit."""
+    try:
+        return submitit.JobEnvironment().cluster == "slurm"
+    except RuntimeError:  # not inside a submitit job at all (tests calling a worker directly)
+        return False
+
+
 def share_cpu_threads(local_world_size: int) -> int:
     """Split this machine's cores between the local ranks (each rank otherwise takes them all)."""
     import torch
@@ -83,7 +91,7 @@ def watch_parent(interval_s: float = 1.0) -> None:
 
 @contextmanager
 def shared_lock(path: str | Path):
-    """Held (shared) by every worker of a run for its lifetime; see pipeline.train.stage."""
+    """Held (shared) by every worker of a run for its lifetime; see pipeline.launch.stage."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:

@@ -15,6 +15,7 @@ configuration the checkpoints belong to; a different configuration never resumes
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -66,6 +67,21 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def seed_all(seed: int) -> None:
+    """torch, numpy and python: the same initial weights on every rank."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def rng_state() -> dict:

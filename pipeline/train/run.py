@@ -7,18 +7,17 @@ final evaluation of student and teacher, the weights, metrics json, curves and t
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.config import Params, RecipeParams, TrainRun
+
+from .checkpoint import seed_all, sha256_file
 
 METRIC_KEYS = ("top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "ema_map_top1", "ema_map_agreement",
                "params_m", "gflops", "throughput")
@@ -72,22 +71,8 @@ class RunSpec:
               "profile": self.params.profile, "data_factory": self.data_factory,
               "data_overrides": self.data_overrides}
         if self.init_weights is not None:
-            fp["init_sha256"] = _sha256(self.init_weights)
+            fp["init_sha256"] = sha256_file(self.init_weights)
         return fp
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def build_data(spec: RunSpec):
@@ -127,15 +112,14 @@ def build_model(spec: RunSpec, num_classes: int):
 def train_worker(spec: RunSpec) -> dict | None:
     """The body of one rank. Returns the final metrics on rank 0, None elsewhere."""
     from pipeline.launch.local import shared_lock
-
-    from .stage import workers_lock_path
+    from pipeline.launch.stage import workers_lock_path
 
     with shared_lock(workers_lock_path(spec)):
         return _train_worker(spec)
 
 
 def _train_worker(spec: RunSpec) -> dict | None:
-    from pipeline.launch.local import distributed_env, share_cpu_threads, watch_launcher
+    from pipeline.launch.local import distributed_env, in_slurm_job, share_cpu_threads, watch_launcher
 
     from pipeline.models.hiri_vit import model_file
 
@@ -147,7 +131,7 @@ def _train_worker(spec: RunSpec) -> dict | None:
     from .progress import log
 
     watch_launcher(spec.launcher_pid)
-    stop = StopRequests() if _in_slurm_job() else None  # before the first step: a signal is never lost
+    stop = StopRequests() if in_slurm_job() else None  # before the first step: a signal is never lost
     env = distributed_env()
     rank, world = env["rank"], env["world_size"]
     device = torch.device("cuda", env["local_rank"]) if torch.cuda.is_available() else torch.device("cpu")
@@ -159,7 +143,7 @@ def _train_worker(spec: RunSpec) -> dict | None:
     recipe, run = spec.recipe, spec.run
     precision = resolve_precision(recipe.precision, device)
     layout = batch_layout(recipe, world)
-    _seed_all(run.seed)  # same initial weights on every rank
+    seed_all(run.seed)  # same initial weights on every rank
 
     data = build_data(spec)
     model = build_model(spec, data.num_classes).to(device)
@@ -210,15 +194,6 @@ def _train_worker(spec: RunSpec) -> dict | None:
     store.clear()  # the final weights are written: a rerun starts afresh
     _close_run_id(spec)
     return result
-
-
-def _in_slurm_job() -> bool:
-    import submitit
-
-    try:
-        return submitit.JobEnvironment().cluster == "slurm"
-    except RuntimeError:  # not inside a submitit job at all (tests calling the worker directly)
-        return False
 
 
 def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log) -> dict:

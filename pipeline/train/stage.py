@@ -1,5 +1,5 @@
-"""A training stage from the command line's point of view: params.yaml and a run key in, the
-run launched through submitit, outputs at the paths dvc.yaml declares.
+"""A training stage's run from params.yaml and a run key (launched by pipeline.launch.stage),
+with outputs at the paths dvc.yaml declares.
 
     outputs/<stage>/model.pt          final student + EMA weights (DVC out)
     metrics/<stage>.json              final metrics (DVC metrics)
@@ -9,19 +9,13 @@ run launched through submitit, outputs at the paths dvc.yaml declares.
 """
 from __future__ import annotations
 
-import fcntl
 import os
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.config import Params
+from pipeline.launch.stage import StageError
 
 from .run import RunSpec
-
-
-class StageError(RuntimeError):
-    """A stage cannot start: missing inputs, or another run of it is still going."""
 
 
 def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", init_weights: Path | None = None,
@@ -52,55 +46,3 @@ def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", 
     for k, v in extra.items():
         setattr(spec, k, v)
     return spec
-
-
-def workers_lock_path(spec: RunSpec) -> Path:
-    return spec.ckpt_dir.parent / f"{spec.stage}.workers.lock"
-
-
-def _flock_wait(f, path: Path, spec: RunSpec, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise StageError(f"another run of {spec.stage} holds {path} (still running?); stop it first") from None
-            time.sleep(0.5)
-
-
-@contextmanager
-def stage_lock(spec: RunSpec, wait_s: float = 30.0):
-    """One live run per stage. The launcher holds `<stage>.lock`; every worker holds
-    `<stage>.workers.lock` shared for its lifetime. A killed launcher's workers stop within
-    seconds (they watch its pid), so a rerun waits briefly for both locks instead of training
-    beside a dying run and its half-written checkpoint."""
-    path = spec.ckpt_dir.parent / f"{spec.stage}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        _flock_wait(f, path, spec, wait_s)
-        try:
-            workers = workers_lock_path(spec)
-            with open(workers, "a+") as w:
-                _flock_wait(w, workers, spec, wait_s)  # the previous run's workers are gone
-                fcntl.flock(w, fcntl.LOCK_UN)
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def run_stage(spec) -> dict:
-    """Launch the run (params.launch), wait, return the final metrics. `spec` is a training run's
-    RunSpec or a transfer run's TransferSpec: anything with stage, params, repo_root, ckpt_dir and
-    a `work()` that is one rank's body."""
-    from pipeline.launch.local import run_local, run_spec
-
-    launch = spec.params.launch
-    if launch.launcher == "slurm":  # a SLURM job outlives this process; its job record is the lock
-        from pipeline.launch.slurm import run_stage_slurm
-
-        return run_stage_slurm(spec)
-    with stage_lock(spec):
-        return run_local(run_spec, spec, launch=launch, folder=spec.repo_root / "outputs" / "submitit" / spec.stage,
-                         name=spec.stage)

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     import json
     import sys
 
-    from pipeline.train.stage import run_stage
+    from pipeline.launch.stage import run_stage
 
     argv = sys.argv[1:] if argv is None else argv
     root, cfg = argv[0], json.loads(argv[1])

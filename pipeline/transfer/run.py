@@ -69,11 +69,11 @@ class TransferSpec:
         return f"{self.run.model}-{self.arch}"
 
     def fingerprint(self) -> dict:
-        from pipeline.train.run import _sha256
+        from pipeline.train.checkpoint import sha256_file
 
         return {"recipe": self.recipe.model_dump(mode="json"), "run": self.run.model_dump(mode="json"),
                 "profile": self.params.profile, "tasks": self.params.launch.tasks, "arch": self.arch,
-                "init_sha256": _sha256(self.init_weights), "data_root": str(self.data_root)}
+                "init_sha256": sha256_file(self.init_weights), "data_root": str(self.data_root)}
 
     def work(self) -> dict | None:
         return transfer_worker(self)
@@ -105,7 +105,7 @@ def make_transfer_spec(params: Params, key: str, repo_root: str | Path = ".") ->
 def transfer_worker(spec: TransferSpec) -> dict | None:
     """The body of one rank. Returns the final metrics on rank 0, None elsewhere."""
     from pipeline.launch.local import shared_lock
-    from pipeline.train.stage import workers_lock_path
+    from pipeline.launch.stage import workers_lock_path
 
     with shared_lock(workers_lock_path(spec)):
         return _worker(spec)
@@ -132,11 +132,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_norms: bool)
 
 
 def _worker(spec: TransferSpec) -> dict | None:
-    from pipeline.launch.local import distributed_env, share_cpu_threads, watch_launcher
+    from pipeline.launch.local import distributed_env, in_slurm_job, share_cpu_threads, watch_launcher
+    from pipeline.train.checkpoint import seed_all
     from pipeline.train.engine import resolve_precision
     from pipeline.train.preempt import Preempted, StopRequests
     from pipeline.train.progress import log
-    from pipeline.train.run import _in_slurm_job, _seed_all
 
     from .backbone import load_backbone, set_batch_norm
     from .checkpoint import TransferCheckpoints
@@ -144,7 +144,7 @@ def _worker(spec: TransferSpec) -> dict | None:
     from .tasks import make_task
 
     watch_launcher(spec.launcher_pid)
-    stop = StopRequests() if _in_slurm_job() else None
+    stop = StopRequests() if in_slurm_job() else None
     env = distributed_env()
     rank, world = env["rank"], env["world_size"]
     device = torch.device("cuda", env["local_rank"]) if torch.cuda.is_available() else torch.device("cpu")
@@ -155,7 +155,7 @@ def _worker(spec: TransferSpec) -> dict | None:
     _init_distributed(device, world)
     recipe, run = spec.recipe, spec.run
     precision = resolve_precision(recipe.precision, device)
-    _seed_all(run.seed)  # the same new layers on every rank
+    seed_all(run.seed)  # the same new layers on every rank
 
     task = make_task(spec)
     train, val = task.datasets()
