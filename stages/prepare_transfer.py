@@ -53,20 +53,26 @@ def resolve_root(params, task: str, out: Path):
 
 
 def scan(task: str, root: Path, params) -> dict:
-    """The datasets' own scans with the transfer stages' train and val settings, per split."""
+    """The datasets' own scans with the transfer stages' train and val settings, per split: the
+    counts by reason, and under `examples` up to five files or annotations for each reason."""
     frac = params.transfer.max_unusable_fraction
+    out = {}
     if task == "coco":
         from pipeline.transfer.coco import CocoDetection
 
-        # masks=True: Mask R-CNN's reading checks the segmentations too (RetinaNet's is a subset).
-        return {split: CocoDetection(root, split, masks=True, train=split == "train",
-                                     max_unusable_fraction=frac).manifest for split in ("train", "val")}
+        for split in ("train", "val"):
+            # masks=True: Mask R-CNN's reading checks the segmentations too (RetinaNet's is a subset).
+            ds = CocoDetection(root, split, masks=True, train=split == "train", max_unusable_fraction=frac)
+            out[split] = {**ds.manifest, "examples": ds.examples}
+        return out
     from pipeline.transfer.ade20k import ADE20K
 
     recipe = params.transfer.segmentation[params.profile]
-    return {split: ADE20K(root, split, train=split == "training", recipe=recipe, mean=IMAGENET_MEAN,
-                          std=IMAGENET_STD, max_unusable_fraction=frac).scan_label_ids()
-            for split in ("training", "validation")}
+    for split in ("training", "validation"):
+        ds = ADE20K(root, split, train=split == "training", recipe=recipe, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    max_unusable_fraction=frac)
+        out[split] = {**ds.scan_label_ids(), "examples": ds.examples}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"kind": kind, "root": str(root)}
     (out / "source.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    metrics = {"kind": kind, **{f"{k}_{split}": v for split, m in manifest.items() for k, v in m.items()}}
+    metrics = {"kind": kind, **{f"{k}_{split}": v for split, m in manifest.items() for k, v in m.items()
+                                if k != "examples"}}
     write_metrics(args.metrics, metrics)
     if not args.no_mlflow:
         logged = {"profile": params.profile, "transfer": {

@@ -368,7 +368,7 @@ def test_prepare_transfer_builtin_twice_gives_the_same_files(tmp_path):
         assert json.loads((out / "source.json").read_text()) == {"kind": "builtin", "root": str(out / "builtin")}
         manifest = json.loads((out / "manifest.json").read_text())
         splits = ("train", "val") if task == "coco" else ("training", "validation")
-        assert sorted(manifest) == sorted(splits)
+        assert sorted(manifest) == sorted(splits) and all("examples" in manifest[s] for s in splits)
     assert json.loads((tmp_path / "coco.json").read_text())["images_used_train"] == 4
 
 
