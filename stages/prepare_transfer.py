@@ -67,7 +67,11 @@ def scan(task: str, root: Path, params) -> dict:
         return out
     from pipeline.transfer.ade20k import ADE20K
 
-    recipe = params.transfer.segmentation[params.profile]
+    from pipeline.config import SegmentationRecipe
+
+    # The scan reads no augmentation setting: the default recipe keeps the stage's params to the
+    # data keys, so changing a training knob does not rerun it.
+    recipe = SegmentationRecipe()
     for split in ("training", "validation"):
         ds = ADE20K(root, split, train=split == "training", recipe=recipe, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     max_unusable_fraction=frac)
