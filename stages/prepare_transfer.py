@@ -65,9 +65,8 @@ def scan(task: str, root: Path, params) -> dict:
             ds = CocoDetection(root, split, masks=True, train=split == "train", max_unusable_fraction=frac)
             out[split] = {**ds.manifest, "examples": ds.examples}
         return out
-    from pipeline.transfer.ade20k import ADE20K
-
     from pipeline.config import SegmentationRecipe
+    from pipeline.transfer.ade20k import ADE20K
 
     # The scan reads no augmentation setting: the default recipe keeps the stage's params to the
     # data keys, so changing a training knob does not rerun it.
