@@ -26,7 +26,7 @@ _NO_MACS = {
     "aten::index", "aten::topk", "aten::scatter_", "aten::mul_", "aten::exp", "aten::sqrt",
     "aten::pow", "aten::rsqrt", "aten::linalg_vector_norm", "aten::clamp", "aten::clamp_min",
     "aten::floor_divide", "aten::remainder", "aten::arange", "aten::unsqueeze", "aten::squeeze",
-    "aten::dropout", "aten::scalar_tensor", "aten::where", "aten::stack", "aten::lt", "aten::gt",
+    "aten::dropout", "aten::feature_dropout", "aten::scalar_tensor", "aten::where", "aten::stack", "aten::lt", "aten::gt",
     "aten::ge", "aten::le", "aten::div_", "aten::abs", "aten::tanh", "aten::erf", "aten::log",
 }
 
@@ -60,24 +60,35 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def flop_analysis(model: nn.Module, img_size: int, in_chans: int = 3) -> FlopCountAnalysis:
-    """fvcore's analysis of one image; it traces lazily, so query it inside `eval_mode(model)`."""
-    x = torch.zeros(1, in_chans, img_size, img_size)
-    analysis = FlopCountAnalysis(model, x).set_op_handle(**EXTRA_HANDLES)
+def flop_analysis(model: nn.Module, img_size: int | tuple[int, int], in_chans: int = 3,
+                  handles: dict | None = None) -> FlopCountAnalysis:
+    """fvcore's analysis of one image, `img_size` a side or (H, W); it traces lazily, so query it
+    inside `eval_mode(model)`. `handles` adds op handles to ours (None for an op that does no
+    multiply-adds), e.g. the detectors' roi_align (pipeline/transfer/counts.py)."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    x = torch.zeros(1, in_chans, h, w)
+    analysis = FlopCountAnalysis(model, x).set_op_handle(**{**EXTRA_HANDLES, **(handles or {})})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return analysis
 
 
-def count_gflops(model: nn.Module, img_size: int, in_chans: int = 3) -> float:
-    """Multiply-adds of one image, in G (1e9), with every arithmetic op accounted for."""
+def checked_analysis(model: nn.Module, img_size: int | tuple[int, int], in_chans: int = 3,
+                     handles: dict | None = None) -> FlopCountAnalysis:
+    """`flop_analysis`, traced now (eval mode, no grad) and refused if any op that does arithmetic
+    was skipped; its total(), by_module() and by_operator() are then cached, one trace for all."""
     with torch.no_grad(), eval_mode(model):
-        analysis = flop_analysis(model, img_size, in_chans)
-        total = analysis.total()
+        analysis = flop_analysis(model, img_size, in_chans, handles)
+        analysis.total()
         skipped = Counter(analysis.unsupported_ops())
     unknown = {op: n for op, n in skipped.items() if op not in _NO_MACS}
     if unknown:
         raise RuntimeError(f"fvcore has no FLOP handle for {sorted(unknown)}; add one in {__name__}")
-    return total / 1e9
+    return analysis
+
+
+def count_gflops(model: nn.Module, img_size: int | tuple[int, int], in_chans: int = 3) -> float:
+    """Multiply-adds of one image, in G (1e9), with every arithmetic op accounted for."""
+    return checked_analysis(model, img_size, in_chans).total() / 1e9
 
 
 def attention_gflops(model: nn.Module, img_size: int) -> float:

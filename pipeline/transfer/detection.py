@@ -60,11 +60,14 @@ class P6P7OnInput(ExtraFPNBlock):
 
 
 class BackboneFPN(nn.Module):
-    """HIRI-ViT stage maps into an FPN; the OrderedDict of levels torchvision's detectors take."""
+    """HIRI-ViT stage maps into an FPN; the OrderedDict of levels torchvision's detectors take.
+    `body`, if given, is any timm `features_only` model used in place of `arch`'s `stages` (the
+    benchmark's baseline backbones, bench/transfer.py)."""
 
-    def __init__(self, arch: str, stages: tuple[int, ...], extra: str, drop_path_rate: float = 0.0):
+    def __init__(self, arch: str, stages: tuple[int, ...], extra: str, drop_path_rate: float = 0.0,
+                 body: nn.Module | None = None):
         super().__init__()
-        self.body = create_backbone(arch, stages, drop_path_rate)
+        self.body = create_backbone(arch, stages, drop_path_rate) if body is None else body
         channels = self.body.feature_info.channels()
         extra_block = P6P7OnInput(channels[-1], FPN_CHANNELS) if extra == "p6p7" else LastLevelMaxPool()
         self.fpn = FeaturePyramidNetwork(channels, FPN_CHANNELS, extra_blocks=extra_block)
@@ -103,29 +106,31 @@ def _anchors(sizes_at_stride1: tuple[float, ...], strides: tuple[int, ...], rati
                            (ratios,) * len(strides))
 
 
-def _level_strides(stages: tuple[int, ...], extra_levels: int, stem_stride: int = 4) -> tuple[int, ...]:
-    first = stem_stride * 2 ** stages[0]
-    return tuple(first * 2 ** i for i in range(len(stages) + extra_levels))
+def _level_strides(backbone: BackboneFPN, extra_levels: int) -> tuple[int, ...]:
+    """The FPN levels' strides: the body's maps' (timm's feature_info), then each extra level 2x."""
+    strides = tuple(backbone.body.feature_info.reduction())
+    return strides + tuple(strides[-1] * 2 ** i for i in range(1, extra_levels + 1))
 
 
 def build_detector(model: str, arch: str, *, min_size: int, max_size: int, mean, std,
-                   drop_path_rate: float = 0.0) -> nn.Module:
-    """`model` 'retinanet' or 'maskrcnn' on backbone `arch` (hiri_vit_s / _b / _l), 80 COCO classes."""
+                   drop_path_rate: float = 0.0, body: nn.Module | None = None) -> nn.Module:
+    """`model` 'retinanet' or 'maskrcnn' on backbone `arch` (hiri_vit_s / _b / _l), 80 COCO classes.
+    `body`: a timm `features_only` model in place of `arch`'s STAGES[model] (see BackboneFPN)."""
     common = dict(min_size=min_size, max_size=max_size, image_mean=list(mean), image_std=list(std),
                   size_divisible=TOTAL_STRIDE)
     if model == "retinanet":
         stages = STAGES[model]
-        backbone = BackboneFPN(arch, stages, "p6p7", drop_path_rate)
+        backbone = BackboneFPN(arch, stages, "p6p7", drop_path_rate, body)
         # mmdet: octave_base_scale 4, 3 scales per octave, ratios 0.5/1/2, at every level's stride
-        anchors = _anchors(tuple(4 * 2 ** (i / 3) for i in range(3)), _level_strides(stages, 2))
+        anchors = _anchors(tuple(4 * 2 ** (i / 3) for i in range(3)), _level_strides(backbone, 2))
         return RetinaNet(backbone, num_classes=NUM_CLASSES, anchor_generator=anchors, detections_per_img=100,
                          score_thresh=0.05, nms_thresh=0.5, topk_candidates=1000, **common)
     if model == "maskrcnn":
         stages = STAGES[model]
-        backbone = BackboneFPN(arch, stages, "maxpool", drop_path_rate)
-        names = [str(i) for i in range(len(stages))]
+        backbone = BackboneFPN(arch, stages, "maxpool", drop_path_rate, body)
+        names = [str(i) for i in range(len(backbone.body.feature_info.channels()))]
         # mmdet RPN: scale 8 at every level's stride, ratios 0.5/1/2
-        anchors = _anchors((8.0,), _level_strides(stages, 1))
+        anchors = _anchors((8.0,), _level_strides(backbone, 1))
         return MaskRCNN(backbone, num_classes=NUM_CLASSES + 1, rpn_anchor_generator=anchors,
                         rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
                         rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,

@@ -31,12 +31,15 @@ def _with_dropout(classifier: nn.Conv2d, p: float = 0.1) -> nn.Sequential:
 
 
 class UPerNet(nn.Module):
-    """Backbone + UPerNet decode head + auxiliary FCN head; logits at the input's size."""
+    """Backbone + UPerNet decode head + auxiliary FCN head; logits at the input's size. `body`, if
+    given, is any timm `features_only` model used in place of `arch`'s `stages` (the benchmark's
+    baseline backbones, bench/transfer.py)."""
 
     def __init__(self, arch: str, num_classes: int = NUM_CLASSES, drop_path_rate: float = 0.0,
-                 stages: tuple[int, ...] = STAGES, channels: int = 512, aux_channels: int = 256):
+                 stages: tuple[int, ...] = STAGES, channels: int = 512, aux_channels: int = 256,
+                 body: nn.Module | None = None):
         super().__init__()
-        self.backbone = create_backbone(arch, stages, drop_path_rate)
+        self.backbone = create_backbone(arch, stages, drop_path_rate) if body is None else body
         in_channels = self.backbone.feature_info.channels()
         config = UperNetConfig(num_labels=num_classes, hidden_size=channels, pool_scales=[1, 2, 3, 6],
                                use_auxiliary_head=True, auxiliary_channels=aux_channels, auxiliary_num_convs=1,
