@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConvertParams, LaunchParams, LoaderParams, RecipeParams, load_params
+from pipeline.config import (ConvertParams, DetectionRecipe, LaunchParams, LoaderParams, RecipeParams,
+                             SegmentationRecipe, load_params)
 from pipeline.data.convert import SPEED_SETTINGS
 from pipeline.launch.stagekey import load_stages, stage_key, upstream
 from tests.repo_copy import DVC, REPO, copy_repo, repo_env, run
@@ -28,8 +29,10 @@ NOT_DECLARED = {
     "loader": {"os_cache", "num_workers"},
     "launch": {"launcher", "profile", "timeout_min"},
     "convert": set(SPEED_SETTINGS),  # byte-identical betons (tests/test_data_convert.py)
+    "transfer_recipe": {"checkpoint_every_iters", "keep_checkpoints", "log_every_iters"},  # cadence
 }
 TRAINING = ("train_", "finetune_")
+TRANSFER = ("coco_", "ade20k_")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,25 @@ def test_finetune_depends_on_the_stage_its_init_from_names(stages, params):
         st = stages[f"finetune_{key}"]
         assert f"outputs/train_{run.init_from}" in st["deps"]
         assert upstream(stages, f"finetune_{key}") == ["convert_imagenet", f"train_{run.init_from}"]
+
+
+def test_every_transfer_run_has_its_stage_on_its_weights_and_data(stages, params):
+    assert {n for n in stages if n.startswith(TRANSFER)} == set(params.transfer.runs)
+    for key, run in params.transfer.runs.items():
+        st = stages[key]
+        dataset = "ade20k" if run.model == "upernet" else "coco"
+        assert st["cmd"] == f"python -m stages.transfer {key}"
+        assert {f"data/{dataset}", f"outputs/train_{run.init_from}"} <= set(st["deps"])
+        assert upstream(stages, key) == sorted([f"prepare_{dataset}", f"train_{run.init_from}"])
+        assert f"transfer.runs.{key}" in _keys(st) and f"train.runs.{run.init_from}.model" in _keys(st)
+        assert not any(k.startswith("transfer.runs.") and k != f"transfer.runs.{key}" for k in _keys(st))
+        section, model = ("segmentation", SegmentationRecipe) if run.model == "upernet" else ("detection", DetectionRecipe)
+        declared = {k.split(".", 3)[3] for k in _keys(st) if k.startswith(f"transfer.{section}.{params.profile}.")}
+        assert declared | NOT_DECLARED["transfer_recipe"] == set(model.model_fields), key
+        assert not declared & NOT_DECLARED["transfer_recipe"], key
+        assert {"launch.tasks", "data.loader.mean", "data.loader.std"} <= set(_keys(st))
+    for dataset in ("coco", "ade20k"):
+        assert {f"transfer.{dataset}", f"transfer.builtin.{dataset}"} <= set(_keys(stages[f"prepare_{dataset}"]))
 
 
 def test_declared_params_exist_and_cover_each_knob_or_leave_it_out_on_purpose(stages, params):
@@ -209,6 +231,10 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
         p["launch"].update(launcher="slurm", profile="gpu_example", timeout_min=5)
         p["data"]["loader"].update(os_cache=not p["data"]["loader"]["os_cache"], num_workers=5)
         p["data"]["convert"].update(num_workers=7, chunk_size=3)
+        for section in ("detection", "segmentation"):
+            p["transfer"][section]["paper"] = _bump(p["transfer"][section]["paper"])
+            for k in NOT_DECLARED["transfer_recipe"]:
+                p["transfer"][section]["builtin"][k] += 1
 
     _edit(repo, bookkeeping)
     for code in ("pipeline/models/report.py", "pipeline/train/synthetic.py", "pipeline/launch/dag.py"):
@@ -219,7 +245,8 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
     model = repo / "pipeline/models/hiri_vit.py"
     source = model.read_text()
     model.write_text(source + "\n# edited\n")
-    assert _stale(repo, env) == training | {"report"}  # Fig. 1 measures the model
+    transfer = {n for n in stages if n.startswith(TRANSFER)}
+    assert _stale(repo, env) == training | transfer | {"report"}  # Fig. 1 measures the model
     model.write_text(source)
 
     # one recipe value of the profile that runs: the 9 pretraining stages; a fine-tune's init_from:
@@ -231,3 +258,13 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
     resolved = load_stages(repo)
     assert upstream(resolved, "finetune_hiri_s_768") == ["convert_imagenet", "train_hiri_s_384"]
     assert stage_key(repo, "finetune_hiri_s_768", resolved) != key
+
+    # a COCO recipe value: the four COCO stages and nothing else; an ADE20K one: the two UPerNets
+    _edit(repo, lambda p: (p["train"]["builtin"].update(epochs=2),
+                           p["finetune"]["runs"]["hiri_s_768"].update(init_from="hiri_s_448")))
+    assert _stale(repo, env) == set()
+    _edit(repo, lambda p: p["transfer"]["detection"]["builtin"].update(lr=1.0))
+    assert _stale(repo, env) == {n for n in transfer if n.startswith("coco_")}
+    _edit(repo, lambda p: (p["transfer"]["detection"]["builtin"].update(lr=2.0e-4),
+                           p["transfer"]["segmentation"]["builtin"].update(lr=1.0)))
+    assert _stale(repo, env) == {n for n in transfer if n.startswith("ade20k_")}

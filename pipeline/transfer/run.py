@@ -216,23 +216,33 @@ def _worker(spec: TransferSpec) -> dict | None:
 
 
 def final_counts(spec: TransferSpec, model: torch.nn.Module) -> dict:
-    """Parameters (M) of the whole model, and its GFLOPs as Tables 4 / 6 count them."""
-    from pipeline.transfer.counts import paper_input_gflops
+    """Parameters (M) of the whole model, and its GFLOPs at the input Tables 4 / 6 count HIRI-ViT
+    at (docs/transfer.md: 1600x1200 for the detectors, 1024x1024 for UPerNet), as counted there."""
+    from . import counts
 
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "gflops": paper_input_gflops(spec.run.model, spec.arch)}
+    if spec.task == "segmentation":
+        gflops = counts.count_upernet(spec.arch, counts.SEG_INPUTS[0]).gflops
+    else:
+        gflops = counts.count_detector(spec.run.model, spec.arch, counts.padded(counts.DET_INPUT)).gflops
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "gflops": gflops}
 
 
 def _numbers(row: dict) -> dict:
     return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v == v}
 
 
+def _json_value(v):
+    return None if isinstance(v, float) and v != v else (round(v, 4) if isinstance(v, float) else v)
+
+
 def write_outputs(spec: TransferSpec, metrics: dict, history: list[dict]) -> None:
+    """metrics json (NaN, e.g. AP_S of a val set without small objects, as null) and the curves."""
     from pipeline.train.checkpoint import atomic_write_text
 
-    atomic_write_text(spec.metrics_file, json.dumps({k: round(float(v), 4) for k, v in metrics.items()}, indent=2)
-                      + "\n")
-    atomic_write_text(spec.plots_file, json.dumps(history, indent=2) + "\n")
+    atomic_write_text(spec.metrics_file, json.dumps({k: _json_value(float(v)) for k, v in metrics.items()},
+                                                    indent=2) + "\n")
+    rows = [{k: _json_value(v) for k, v in r.items()} for r in history]
+    atomic_write_text(spec.plots_file, json.dumps(rows, indent=2) + "\n")
 
 
 def _open_tracker(spec: TransferSpec, task, log):

@@ -118,7 +118,8 @@ class DetectionTask:
             return None
         ann = Path(self.spec.data_root) / "annotations" / "instances_val2017.json"
         scores = evaluate(ann, results, ["bbox", "segm"] if masks else ["bbox"])
-        return {k: scores[k] for k in self.metric_keys}
+        # COCOeval's -1: no ground truth in that area range (a small val set): not a score
+        return {k: (scores[k] if scores[k] >= 0 else float("nan")) for k in self.metric_keys}
 
 
 class SegmentationTask:
@@ -173,20 +174,20 @@ class SegmentationTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, val, device, rank: int, world: int) -> dict | None:
-        """Single-scale mIoU (%) on the whole val set, on rank 0 (each image at its own size)."""
+        """Single-scale mIoU (%) on the whole val set, each image at its own size: every rank scores
+        a share, and the metric sums the confusion matrices across ranks."""
         from .ade20k import MIoU, NUM_CLASSES
 
-        if rank != 0:
-            return None
         model.eval()
         meter = MIoU(num_classes=NUM_CLASSES)
-        for i in range(len(val)):
+        for i in range(rank, len(val), world):
             image, label = val[i]
             logits, _ = model(image[None].to(device))
             logits = nn.functional.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
             meter.update(logits.argmax(1)[0].cpu(), label)
         model.train()
-        return {"miou": float(meter.compute()["miou"])}
+        miou = float(meter.compute()["miou"])  # collective when distributed
+        return {"miou": miou} if rank == 0 else None
 
 
 def make_task(spec):
