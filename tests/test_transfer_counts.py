@@ -88,3 +88,27 @@ def test_rewrite_refuses_a_page_without_the_marker(tmp_path):
 
 def test_committed_page_has_one_marker():
     assert DOC.read_text().count(MARKER) == 1
+
+
+def _fake_rows(gflops_factor: float) -> dict:
+    """Counts as `measure` returns them, at the paper's values times `gflops_factor`."""
+    rows = {}
+    for arch, name in counts.PAPER_NAMES.items():
+        for kind, det in counts.DETECTORS.items():
+            p = paper_values(4, name, det)["values"]
+            g = (p["gflops"] or 240.0) * gflops_factor
+            rows[(kind, arch, counts.padded(counts.DET_INPUT))] = counts.Count(p["params_m"], g, {"backbone": g / 2}, 0.0, 0.0)
+        p = paper_values(6, name)["values"]
+        for size in counts.SEG_INPUTS:
+            g = p["gflops"] * gflops_factor * (size / counts.SEG_INPUTS[0]) ** 2
+            rows[("upernet", arch, (size, size))] = counts.Count(p["params_m"], g, {"backbone": g / 2}, 0.0, 0.0)
+    return rows
+
+
+@pytest.mark.parametrize("factor, mark", [(1.04, "| met |"), (1.06, "| **not met** |")])
+def test_page_marks_the_gflops_target(factor, mark):
+    rows = _fake_rows(factor)
+    text = counts.render(rows, {}, [], "input 1200x1600 is not a multiple of 64")
+    retinanet_s = next(line for line in text.splitlines() if line.startswith("| RetinaNet | hiri_vit_s | 1600x1216"))
+    assert retinanet_s.endswith(mark)
+    assert text.rstrip("\n").endswith(MARKER)
