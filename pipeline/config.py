@@ -289,6 +289,7 @@ class DetectionRecipe(Section):
     min_size: int = Field(1600, ge=32)  # 5.2: shorter side
     max_size: int = Field(2666, ge=32)  # 5.2: longer side at most
     hflip: float = Field(0.5, ge=0.0, le=1.0)
+    roi_batch_size: int = Field(512, ge=1)  # Mask R-CNN: RoIs sampled per training image (mmdet 1x: 512)
     max_iters_per_epoch: int | None = Field(None, ge=1)  # CPU scale: cap the steps of an epoch
     weights: Literal["student", "ema"] = "ema"
     backbone_bn: Literal["train", "frozen", "sync"] = "sync"

@@ -13,7 +13,7 @@ from pipeline.models.ablation_report import (
 from pipeline.models.ablations import ROWS, StagedNet
 from pipeline.models.ablations.variants import HIRI_S_AS_STAGED, STEM_WIDTH, VARIANTS
 from pipeline.models.flops import count_gflops
-from pipeline.models.report import n_params
+from pipeline.models.flops import n_params
 
 PAPER = paper_rows()
 HIRI_FRONTED = ("hrnet_w18_hiri", "pvt_v2_b2_hiri", "davit_tiny_hiri")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.models.flops import checked_analysis
-from pipeline.models.report import n_params
+from pipeline.models.flops import n_params
 from pipeline.transfer import counts
 from pipeline.transfer.counts import MARKER, PARAMS_TOLERANCE, MaskRCNNDummy, detector, paper_values, write
 

@@ -42,11 +42,11 @@ def test_backbone_loads_every_tensor_of_the_chosen_weights(weights):
     body = create_backbone("hiri_vit_s", (1, 2, 3, 4))
     meta = load_backbone(body, path, "student")
     assert meta["stage"] == "train_hiri_s_448"
-    ours = body.model.state_dict()
+    ours = body.body.model.state_dict()
     theirs = student.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in ours.items() if v.is_floating_point())
     load_backbone(body, path, "ema")
-    assert all(float(v.float().mean()) == 0.5 for k, v in body.model.state_dict().items()
+    assert all(float(v.float().mean()) == 0.5 for k, v in body.body.model.state_dict().items()
                if v.is_floating_point() and not k.endswith(("running_mean", "running_var")))
 
 

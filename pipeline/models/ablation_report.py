@@ -25,7 +25,7 @@ from .ablations.other_backbones import FRONT_WIDTH
 from .blocks import HRBlock, IRDSA, TransformerBlock
 from .flops import count_gflops
 from .hiri_vit import CONFIGS, IRDS_A_EXPANSION
-from .report import fmt_diff, n_params
+from .flops import fmt_diff, n_params
 
 TABLES = (7, 8, 9)
 # The targets, asserted by tests/test_ablations.py (rows in KNOWN_GAPS excepted).

@@ -96,3 +96,12 @@ def attention_gflops(model: nn.Module, img_size: int) -> float:
     with torch.no_grad(), eval_mode(model):
         by_op = flop_analysis(model, img_size).by_operator()
     return by_op.get("scaled_dot_product_attention", 0) / 1e9
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def fmt_diff(ours: float, paper: float) -> str:
+    """Ours against the paper's value, in percent, signed."""
+    return f"{100 * (ours / paper - 1):+.1f}%"

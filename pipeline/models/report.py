@@ -14,7 +14,7 @@ import torch
 from pipeline.tracking import paper_tables
 
 from . import hiri_vit  # noqa: F401  (registers the models)
-from .flops import attention_gflops, count_gflops
+from .flops import attention_gflops, count_gflops, fmt_diff, n_params
 from .hiri_vit import CONFIGS
 
 SIZES = ("hiri_vit_s", "hiri_vit_b", "hiri_vit_l")
@@ -37,10 +37,6 @@ PAPER_DETECTION_M = {
 }
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def head_params(model) -> int:
     """Parameters after the last stage: class-attention block, final norm, classifier."""
     return sum(n_params(m) for m in (model.cls_block, model.norm, model.head) if m is not None)
@@ -55,10 +51,6 @@ def retinanet_neck_head_params(in_channels: list[int], num_classes: int = 80, an
     fpn += conv(in_channels[-1], 256, 3) + conv(256, 256, 3)  # P6 from C5, P7 from P6
     head = 8 * conv(256, 256, 3) + conv(256, anchors * num_classes, 3) + conv(256, anchors * 4, 3)
     return fpn + head
-
-
-def fmt_diff(ours: float, paper: float) -> str:
-    return f"{100 * (ours / paper - 1):+.1f}%"
 
 
 def measure() -> dict:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import timm
 import torch
-from timm.layers import freeze_batch_norm_2d
+from timm.layers import LayerNorm2d, freeze_batch_norm_2d
 from torch import nn
 
 import pipeline.models  # noqa: F401 - registers hiri_vit_* with timm
@@ -34,12 +34,29 @@ class BackboneWeightsError(ValueError):
     """The pretraining weights do not fit the backbone; the message names the tensors."""
 
 
+class DenseBackbone(nn.Module):
+    """The stage maps `out_indices` (0-based, of the five) of `arch`, NCHW, from one pass, each
+    through a LayerNorm over channels. The maps leave the stages un-normalised (the classifier's
+    norm follows stage 5 only), and the last two reach a standard deviation of about 27 and 63
+    on the built-in set: a detection head fed those saturates (Mask R-CNN's mask loss at 15 in
+    its first steps). Swin's dense backbones, whose setting 5.2 and 5.3 follow, put a LayerNorm
+    on each output for the same reason (mmdet's `norm{i}`); new layers, initialised to identity
+    scale. The 4x4 stem (the 448 model's) is the one the dense tasks fine-tune: total stride 64."""
+
+    def __init__(self, arch: str, out_indices: Sequence[int], drop_path_rate: float = 0.0, stem_stride: int = 4):
+        super().__init__()
+        self.body = timm.create_model(arch, features_only=True, out_indices=tuple(out_indices), img_size=448,
+                                      stem_stride=stem_stride, drop_path_rate=drop_path_rate)
+        self.feature_info = self.body.feature_info
+        self.norms = nn.ModuleList(LayerNorm2d(c) for c in self.feature_info.channels())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [norm(f) for norm, f in zip(self.norms, self.body(x))]
+
+
 def create_backbone(arch: str, out_indices: Sequence[int], drop_path_rate: float = 0.0,
-                    stem_stride: int = 4) -> nn.Module:
-    """The stage maps `out_indices` (0-based stages of the five) of `arch`, NCHW, from one pass.
-    The 4x4 stem (the 448 model's) is the one the dense tasks fine-tune: total stride 64."""
-    return timm.create_model(arch, features_only=True, out_indices=tuple(out_indices), img_size=448,
-                             stem_stride=stem_stride, drop_path_rate=drop_path_rate)
+                    stem_stride: int = 4) -> DenseBackbone:
+    return DenseBackbone(arch, out_indices, drop_path_rate, stem_stride)
 
 
 def pretrained_state(path: str | Path, weights: str) -> tuple[dict, dict]:
@@ -57,10 +74,10 @@ def pretrained_state(path: str | Path, weights: str) -> tuple[dict, dict]:
 
 
 def load_backbone(backbone: nn.Module, path: str | Path, weights: str) -> dict:
-    """Load a pretraining stage's weights into `create_backbone`'s module; return the file's
-    metadata. Every backbone tensor must be in the file and every file tensor must fit."""
+    """Load a pretraining stage's weights into a DenseBackbone; return the file's metadata. Every
+    backbone tensor must be in the file and every file tensor must fit (the output norms are new)."""
     state, meta = pretrained_state(path, weights)
-    target = backbone.model  # timm's FeatureGetterNet keeps the network as `.model`
+    target = backbone.body.model  # timm's FeatureGetterNet keeps the network as `.model`
     if "_extra_state" in state:
         try:
             check_stem_stride(state["_extra_state"], target.stem_stride)

@@ -22,7 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from pipeline.models.flops import checked_analysis
-from pipeline.models.report import fmt_diff, n_params
+from pipeline.models.flops import fmt_diff, n_params
 from pipeline.tracking import paper_tables
 
 from .backbone import create_backbone

@@ -113,9 +113,11 @@ def _level_strides(backbone: BackboneFPN, extra_levels: int) -> tuple[int, ...]:
 
 
 def build_detector(model: str, arch: str, *, min_size: int, max_size: int, mean, std,
-                   drop_path_rate: float = 0.0, body: nn.Module | None = None) -> nn.Module:
+                   drop_path_rate: float = 0.0, body: nn.Module | None = None, roi_batch_size: int = 512) -> nn.Module:
     """`model` 'retinanet' or 'maskrcnn' on backbone `arch` (hiri_vit_s / _b / _l), 80 COCO classes.
-    `body`: a timm `features_only` model in place of `arch`'s STAGES[model] (see BackboneFPN)."""
+    `body`: a timm `features_only` model in place of `arch`'s STAGES[model] (see BackboneFPN).
+    `roi_batch_size`: Mask R-CNN's RoIs sampled per training image (mmdet 1x: 512, a quarter
+    positive); the CPU recipe samples fewer, the RoI and mask heads being most of its step."""
     common = dict(min_size=min_size, max_size=max_size, image_mean=list(mean), image_std=list(std),
                   size_divisible=TOTAL_STRIDE)
     if model == "retinanet":
@@ -136,5 +138,5 @@ def build_detector(model: str, arch: str, *, min_size: int, max_size: int, mean,
                         rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
                         box_roi_pool=AlignedMultiScaleRoIAlign(names, 7, sampling_ratio=0),
                         mask_roi_pool=AlignedMultiScaleRoIAlign(names, 14, sampling_ratio=0),
-                        box_detections_per_img=100, **common)
+                        box_detections_per_img=100, box_batch_size_per_image=roi_batch_size, **common)
     raise ValueError(f"model must be 'retinanet' or 'maskrcnn', got {model!r}")

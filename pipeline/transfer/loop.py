@@ -141,7 +141,7 @@ class Fitter:
                 raise FloatingPointError(f"[{self.name}] loss is {float(loss)} at iteration {self.state.it} "
                                          f"({these}): lower lr or check the data")
             (loss / len(micro_batches)).backward()
-            total += float(loss) / len(micro_batches)
+            total += float(loss.detach()) / len(micro_batches)
             for k, v in these.items():
                 parts[k] = parts.get(k, 0.0) + v / len(micro_batches)
         clip = self.task.recipe.clip_grad

@@ -54,7 +54,7 @@ class DetectionTask:
         loader = self.spec.params.data.loader
         return build_detector(self.model_name, self.spec.arch, min_size=self.recipe.min_size,
                               max_size=self.recipe.max_size, mean=loader.mean, std=loader.std,
-                              drop_path_rate=self.spec.run.drop_path_rate)
+                              drop_path_rate=self.spec.run.drop_path_rate, roi_batch_size=self.recipe.roi_batch_size)
 
     def datasets(self):
         from .coco import CocoDetection
@@ -90,7 +90,7 @@ class DetectionTask:
         if self.model_name == "maskrcnn":  # Mask R-CNN's class 0 is the background
             targets = [{**t, "labels": t["labels"] + 1} for t in targets]
         parts = model(images, targets)
-        return sum(parts.values()), {k: float(v) for k, v in parts.items()}
+        return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
     def eval_due(self, it: int, ipe: int, total: int) -> bool:
         return it % ipe == 0 or it == total
@@ -167,7 +167,7 @@ class SegmentationTask:
         logits, aux = model(images)
         main = nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
         aux_loss = nn.functional.cross_entropy(aux, labels, ignore_index=IGNORE)
-        return main + self.recipe.aux_weight * aux_loss, {"loss_seg": float(main), "loss_aux": float(aux_loss)}
+        return main + self.recipe.aux_weight * aux_loss, {"loss_seg": float(main.detach()), "loss_aux": float(aux_loss.detach())}
 
     def eval_due(self, it: int, ipe: int, total: int) -> bool:
         return it % self.recipe.eval_every_iters == 0 or it == total
