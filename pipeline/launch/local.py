@@ -55,6 +55,19 @@ def share_cpu_threads(local_world_size: int) -> int:
     return threads
 
 
+def rank_device(env: dict):
+    """This rank's device (`env` from distributed_env): its GPU by local rank where there are GPUs,
+    else the CPU with its share of the cores."""
+    import torch
+
+    if not torch.cuda.is_available():
+        share_cpu_threads(env["local_world_size"])
+        return torch.device("cpu")
+    device = torch.device("cuda", env["local_rank"])
+    torch.cuda.set_device(device)
+    return device
+
+
 def watch_launcher(pid: int | None, interval_s: float = 1.0) -> None:
     """Exit this process soon after process `pid` (the launcher) disappears."""
     if not pid:

@@ -166,7 +166,13 @@ class CheckpointStore:
             for f in tag_dir.rglob("*"):
                 if f.is_file():
                     _fsync_path(f)
-            atomic_write_text(tag_dir / MARKER, f"{step}\n")
+        return self.publish(tag, step)
+
+    def publish(self, tag: str, step: int) -> str:
+        """Once every rank's files of `tag` are written: mark it complete, point `latest` at it,
+        drop the oldest beyond `keep`."""
+        if self.rank == 0:
+            atomic_write_text(self.root / tag / MARKER, f"{step}\n")
             atomic_write_text(self.root / POINTER, tag)
             self._prune(keep_tag=tag)
         barrier()

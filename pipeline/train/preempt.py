@@ -67,3 +67,20 @@ class StopRequests:
         sys.stdout.flush()
         os._exit(128 + signum)
 
+
+def fit_tracked(fit, tracker, stop: StopRequests | None, log, name: str, rank: int):
+    """`fit()`, closing the MLflow run (rank 0's `tracker`, or None) as the run ends otherwise:
+    KILLED at a preemption (the requeued job reopens it and resumes) after the signal is handed
+    over, FAILED on an error."""
+    try:
+        return fit()
+    except Preempted as stopped:
+        if tracker is not None:
+            tracker.finish("KILLED")
+        log(f"[{name}] rank {rank}: {stopped}")
+        stop.hand_over(stopped.signum, rank)
+        raise
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise

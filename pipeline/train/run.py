@@ -119,7 +119,7 @@ def train_worker(spec: RunSpec) -> dict | None:
 
 
 def _train_worker(spec: RunSpec) -> dict | None:
-    from pipeline.launch.local import distributed_env, in_slurm_job, share_cpu_threads, watch_launcher
+    from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, watch_launcher
 
     from pipeline.models.hiri_vit import model_file
 
@@ -127,18 +127,14 @@ def _train_worker(spec: RunSpec) -> dict | None:
     from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
     from .ema_distill import EmaTeacher
     from .loop import Trainer
-    from .preempt import Preempted, StopRequests
+    from .preempt import StopRequests, fit_tracked
     from .progress import log
 
     watch_launcher(spec.launcher_pid)
     stop = StopRequests() if in_slurm_job() else None  # before the first step: a signal is never lost
     env = distributed_env()
     rank, world = env["rank"], env["world_size"]
-    device = torch.device("cuda", env["local_rank"]) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cpu":
-        share_cpu_threads(env["local_world_size"])
-    else:
-        torch.cuda.set_device(device)
+    device = rank_device(env)
     init_distributed(device)
     recipe, run = spec.recipe, spec.run
     precision = resolve_precision(recipe.precision, device)
@@ -162,18 +158,7 @@ def _train_worker(spec: RunSpec) -> dict | None:
                       seed=run.seed, device=device, precision=precision, store=store, base_lr=scaled_lr(recipe),
                       on_epoch=(lambda row: tracker.log_metrics(_curve_metrics(row), step=row["step"]))
                       if tracker else None, stop=stop)
-    try:
-        history = trainer.fit()
-    except Preempted as stopped:
-        if tracker is not None:
-            tracker.finish("KILLED")  # reopened (RUNNING) by the requeued job, which resumes it
-        log(f"[{spec.stage}] rank {rank}: {stopped}")
-        stop.hand_over(stopped.signum, rank)
-        raise
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
+    history = fit_tracked(trainer.fit, tracker, stop, log, spec.stage, rank)
 
     result = None
     if rank == 0:

@@ -9,8 +9,7 @@ import shutil
 
 import torch
 
-from pipeline.train.checkpoint import (MARKER, POINTER, CheckpointStore, barrier, atomic_torch_save,
-                                       atomic_write_text, rng_state, set_rng_state, tag_for)
+from pipeline.train.checkpoint import CheckpointStore, atomic_torch_save, barrier, rng_state, set_rng_state, tag_for
 
 
 class TransferCheckpoints(CheckpointStore):
@@ -27,12 +26,7 @@ class TransferCheckpoints(CheckpointStore):
             atomic_torch_save(state, folder / "state.pt")
         atomic_torch_save(rng_state(), folder / f"rng_rank{self.rank}.pt")
         barrier()
-        if self.rank == 0:
-            atomic_write_text(folder / MARKER, f"{step}\n")
-            atomic_write_text(self.root / POINTER, tag)
-            self._prune(keep_tag=tag)
-        barrier()
-        return tag
+        return self.publish(tag, step)
 
     def load_state(self, tag: str) -> dict:
         """The saved state; this rank's RNG is restored."""

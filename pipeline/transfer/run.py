@@ -132,10 +132,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_norms: bool)
 
 
 def _worker(spec: TransferSpec) -> dict | None:
-    from pipeline.launch.local import distributed_env, in_slurm_job, share_cpu_threads, watch_launcher
+    from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, watch_launcher
     from pipeline.train.checkpoint import seed_all
     from pipeline.train.engine import resolve_precision
-    from pipeline.train.preempt import Preempted, StopRequests
+    from pipeline.train.preempt import StopRequests, fit_tracked
     from pipeline.train.progress import log
 
     from .backbone import load_backbone, set_batch_norm
@@ -147,11 +147,7 @@ def _worker(spec: TransferSpec) -> dict | None:
     stop = StopRequests() if in_slurm_job() else None
     env = distributed_env()
     rank, world = env["rank"], env["world_size"]
-    device = torch.device("cuda", env["local_rank"]) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cpu":
-        share_cpu_threads(env["local_world_size"])
-    else:
-        torch.cuda.set_device(device)
+    device = rank_device(env)
     _init_distributed(device, world)
     recipe, run = spec.recipe, spec.run
     precision = resolve_precision(recipe.precision, device)
@@ -181,18 +177,7 @@ def _worker(spec: TransferSpec) -> dict | None:
     tag = store.prepare(log=log if rank == 0 else (lambda _m: None))
     if tag is not None:
         fitter.resume(tag)
-    try:
-        history = fitter.fit()
-    except Preempted as stopped:
-        if tracker is not None:
-            tracker.finish("KILLED")
-        log(f"[{spec.stage}] rank {rank}: {stopped}")
-        stop.hand_over(stopped.signum, rank)
-        raise
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
+    history = fit_tracked(fitter.fit, tracker, stop, log, spec.stage, rank)
 
     result = None
     if rank == 0:
