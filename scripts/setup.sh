@@ -30,6 +30,6 @@ PIP=(.venv/bin/python -m pip install --progress-bar off)
 # torch and torchvision first, pinned exactly: everything after must accept them as they are.
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 "${PIP[@]}" -e ".[dev]"
-.venv/bin/python -c "import torch, torchvision, timm, ffcv, deepspeed, dvc, mlflow, submitit, fvcore, pycocotools, pydantic" \
+.venv/bin/python -c "import torch, torchvision, timm, ffcv, deepspeed, dvc, mlflow, submitit, fvcore, pycocotools, pydantic, torchmetrics, transformers" \
   || { echo "setup: ERROR: an installed package does not import (see above)" >&2; exit 1; }
 echo "setup: done. Activate with: source .venv/bin/activate"
