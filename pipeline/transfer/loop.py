@@ -68,8 +68,9 @@ class Fitter:
         self.state = LoopState()
 
     def _save(self) -> None:
-        self.store.save_state(self.state.it, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                              "it": self.state.it, "history": self.state.history})
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "it": self.state.it,
+                 "history": self.state.history}
+        self.store.save_state(self.state.it, state)
 
     def resume(self, tag: str) -> None:
         saved = self.store.load_state(tag)

@@ -167,7 +167,8 @@ class SegmentationTask:
         logits, aux = model(images)
         main = nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
         aux_loss = nn.functional.cross_entropy(aux, labels, ignore_index=IGNORE)
-        return main + self.recipe.aux_weight * aux_loss, {"loss_seg": float(main.detach()), "loss_aux": float(aux_loss.detach())}
+        parts = {"loss_seg": float(main.detach()), "loss_aux": float(aux_loss.detach())}
+        return main + self.recipe.aux_weight * aux_loss, parts
 
     def eval_due(self, it: int, ipe: int, total: int) -> bool:
         return it % self.recipe.eval_every_iters == 0 or it == total
