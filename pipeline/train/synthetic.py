@@ -82,7 +82,8 @@ def from_spec(spec) -> SyntheticData:
 def smoke_params(img_size: int = 224, tasks: int = 1, model: str = "hiri_vit_s", drop_path_rate: float = 0.0,
                  seed: int = 0, **recipe):
     """Params for a tiny run `train_t` of a real model (fp32, so results compare across runs)."""
-    from pipeline.config import FinetuneParams, LaunchParams, Params, RecipeParams, TrainParams, TrainRun
+    from pipeline.config import (FinetuneParams, LaunchParams, Params, RecipeParams, TrainParams, TrainRun,
+                                 TransferParams)
 
     base = dict(epochs=2, warmup_epochs=0.5, batch_size=4, micro_batch_size=2, lr=1e-3, lr_reference_batch=4,
                 checkpoint_every_steps=1, log_every_steps=1, eval_batch_size=8, throughput_batch=2,
@@ -95,7 +96,7 @@ def smoke_params(img_size: int = 224, tasks: int = 1, model: str = "hiri_vit_s",
             base[key] = (MixParams if key == "mix" else EmaParams)(**base[key])
     run = TrainRun(model=model, img_size=img_size, drop_path_rate=drop_path_rate, seed=seed)
     return Params(train=TrainParams(builtin=RecipeParams(**base), runs={"t": run}), finetune=FinetuneParams(runs={}),
-                  launch=LaunchParams(tasks=tasks))
+                  transfer=TransferParams(runs={}), launch=LaunchParams(tasks=tasks))
 
 
 def smoke_spec(root, params, **data):
