@@ -114,18 +114,24 @@ def _rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32) * 255
 
 
+def gradient(rng: np.random.Generator, h: int, w: int, value: tuple[float, float]) -> np.ndarray:
+    """A smooth two-colour gradient of low saturation (float32 RGB, 0..255), brightness drawn in
+    `value`; the background of the built-in images here and in pipeline/transfer/builtin.py."""
+    c0 = _rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(*value))
+    c1 = _rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(*value))
+    g = rng.uniform(-1, 1, 2).astype(np.float32)
+    ramp = (g[0] * np.arange(w, dtype=np.float32)[None, :] / w
+            + g[1] * np.arange(h, dtype=np.float32)[:, None] / h + 2) / 4
+    return c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
+
+
 def render(class_index: int, rng: np.random.Generator, min_side: int, max_side: int) -> Image.Image:
     """One image of a class, every nuisance drawn from rng."""
     spec = class_spec(class_index)
     w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
 
     # Background: a smooth two-colour gradient of low saturation, plus sensor-like noise.
-    c0 = _rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.3, 0.9))
-    c1 = _rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.3, 0.9))
-    g = rng.uniform(-1, 1, 2).astype(np.float32)
-    ramp = (g[0] * np.arange(w, dtype=np.float32)[None, :] / w
-            + g[1] * np.arange(h, dtype=np.float32)[:, None] / h + 2) / 4
-    img = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
+    img = gradient(rng, h, w, (0.3, 0.9))
 
     # Object: position, scale, aspect ratio and rotation vary per image.
     size = rng.uniform(0.3, 0.7) * min(w, h) / 2

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
 from pipeline.config import AdeBuiltinParams, CocoBuiltinParams
-from pipeline.data.builtin import _rgb, _texture, _unit_polygon, class_spec
+from pipeline.data.builtin import _rgb, _texture, _unit_polygon, class_spec, gradient
 from pipeline.data.progress import progress_bar
 from pipeline.transfer.coco import COCO_CATEGORIES
 
@@ -57,12 +57,7 @@ class _Job:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A low-saturation gradient with a faint texture: busy enough that edges alone do not give
     objects away, pale enough that their saturated colours do."""
-    c0 = _rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.35, 0.85))
-    c1 = _rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.35, 0.85))
-    g = rng.uniform(-1, 1, 2).astype(np.float32)
-    ramp = (g[0] * np.arange(w, dtype=np.float32)[None, :] / w
-            + g[1] * np.arange(h, dtype=np.float32)[:, None] / h + 2) / 4
-    img = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
+    img = gradient(rng, h, w, (0.35, 0.85))
     faint = _texture("stripes", h, w, rng.uniform(0, math.pi), rng.uniform(6, 20))
     return img + np.where(faint, 10.0, -10.0)[..., None].astype(np.float32)
 
