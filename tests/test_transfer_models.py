@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import DetectionRecipe, SegmentationRecipe
 from pipeline.models.hiri_vit import model_file
-from pipeline.transfer.backbone import BackboneWeightsError, create_backbone, load_backbone, pad_to_multiple
+from pipeline.transfer.backbone import BackboneWeightsError, DenseBackbone, load_backbone, pad_to_multiple
 from pipeline.transfer.detection import AlignedMultiScaleRoIAlign, P6P7OnInput, build_detector
 from pipeline.transfer.loop import micro_batches
 from pipeline.transfer.run import param_groups
@@ -39,7 +39,7 @@ def _model_pt(tmp_path, img_size=448, name="model.pt"):
 
 def test_backbone_loads_every_tensor_of_the_chosen_weights(weights):
     path, student = weights
-    body = create_backbone("hiri_vit_s", (1, 2, 3, 4))
+    body = DenseBackbone("hiri_vit_s", (1, 2, 3, 4))
     meta = load_backbone(body, path, "student")
     assert meta["stage"] == "train_hiri_s_448"
     ours = body.body.model.state_dict()
@@ -55,7 +55,7 @@ def test_backbone_load_names_what_does_not_fit(tmp_path, weights):
     ckpt = torch.load(path, weights_only=True)
     del ckpt["state_dict"]["stages.2.0.ffn.fc1.weight"]
     torch.save(ckpt, tmp_path / "holed.pt")
-    body = create_backbone("hiri_vit_s", (1, 2, 3, 4))
+    body = DenseBackbone("hiri_vit_s", (1, 2, 3, 4))
     with pytest.raises(BackboneWeightsError, match=r"random initialisation.*stages\.2\.0\.ffn\.fc1\.weight"):
         load_backbone(body, tmp_path / "holed.pt", "student")
     with pytest.raises(BackboneWeightsError, match="state_dict_ema"):

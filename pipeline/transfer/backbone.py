@@ -54,11 +54,6 @@ class DenseBackbone(nn.Module):
         return [norm(f) for norm, f in zip(self.norms, self.body(x))]
 
 
-def create_backbone(arch: str, out_indices: Sequence[int], drop_path_rate: float = 0.0,
-                    stem_stride: int = 4) -> DenseBackbone:
-    return DenseBackbone(arch, out_indices, drop_path_rate, stem_stride)
-
-
 def pretrained_state(path: str | Path, weights: str) -> tuple[dict, dict]:
     """(backbone state dict, the file's metadata) of a pretraining stage's model.pt."""
     key = {"ema": "state_dict_ema", "student": "state_dict"}.get(weights)

@@ -25,7 +25,7 @@ from pipeline.models.flops import checked_analysis
 from pipeline.models.flops import fmt_diff, n_params
 from pipeline.tracking import paper_tables
 
-from .backbone import create_backbone
+from .backbone import DenseBackbone
 from .detection import STAGES, TOTAL_STRIDE, build_detector
 from .segmentation import STAGES as SEG_STAGES
 from .segmentation import UPerNet
@@ -190,7 +190,7 @@ def backbone_refuses(arch: str, size: tuple[int, int]) -> str:
     """The backbone's own error for an input that does not divide its stride. The page says the
     unpadded input cannot be counted, so a backbone that takes it must stop this command."""
     try:
-        create_backbone(arch, STAGES["maskrcnn"])(torch.zeros(1, 3, *size))
+        DenseBackbone(arch, STAGES["maskrcnn"])(torch.zeros(1, 3, *size))
     except ValueError as err:
         return str(err)
     raise RuntimeError(f"{arch} now takes {size[1]}x{size[0]} unpadded: count that input beside the padded one")
@@ -261,7 +261,7 @@ def stage_evidence(archs: list[str], rows: dict) -> list[StageReading]:
             row = paper_values(4, PAPER_NAMES[arch], DETECTORS[kind])
             paper = row["values"]
             ours = rows[(kind, arch, det_size)]
-            params = n_params(detector(kind, arch, create_backbone(arch, alt))) / 1e6
+            params = n_params(detector(kind, arch, DenseBackbone(arch, alt))) / 1e6
             # one stage earlier every level sits at half our stride: what runs on every pixel of
             # every level (neck, RetinaNet's head, the RPN head) costs about 4x; the RoI heads run
             # on a fixed number of RoIs and cost the same (tracing it would double the run)

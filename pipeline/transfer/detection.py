@@ -35,7 +35,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-from .backbone import create_backbone
+from .backbone import DenseBackbone
 
 NUM_CLASSES = 80
 FPN_CHANNELS = 256
@@ -67,7 +67,7 @@ class BackboneFPN(nn.Module):
     def __init__(self, arch: str, stages: tuple[int, ...], extra: str, drop_path_rate: float = 0.0,
                  body: nn.Module | None = None):
         super().__init__()
-        self.body = create_backbone(arch, stages, drop_path_rate) if body is None else body
+        self.body = DenseBackbone(arch, stages, drop_path_rate) if body is None else body
         channels = self.body.feature_info.channels()
         extra_block = P6P7OnInput(channels[-1], FPN_CHANNELS) if extra == "p6p7" else LastLevelMaxPool()
         self.fpn = FeaturePyramidNetwork(channels, FPN_CHANNELS, extra_blocks=extra_block)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import UperNetConfig
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
 
-from .backbone import create_backbone, pad_to_multiple
+from .backbone import DenseBackbone, pad_to_multiple
 
 NUM_CLASSES = 150
 STAGES = (1, 2, 3, 4)
@@ -39,7 +39,7 @@ class UPerNet(nn.Module):
                  stages: tuple[int, ...] = STAGES, channels: int = 512, aux_channels: int = 256,
                  body: nn.Module | None = None):
         super().__init__()
-        self.backbone = create_backbone(arch, stages, drop_path_rate) if body is None else body
+        self.backbone = DenseBackbone(arch, stages, drop_path_rate) if body is None else body
         in_channels = self.backbone.feature_info.channels()
         config = UperNetConfig(num_labels=num_classes, hidden_size=channels, pool_scales=[1, 2, 3, 6],
                                use_auxiliary_head=True, auxiliary_channels=aux_channels, auxiliary_num_convs=1,
