@@ -24,7 +24,7 @@ from .checkpoint import CheckpointStore, set_rng_state, tag_for
 from .data import epoch_batches
 from .ema_distill import EmaTeacher, distill_target, teacher_target
 from .engine import MEMORY_FORMAT, BatchLayout, to_memory_format, zero_stage
-from .evaluate import accuracy, autocast
+from .evaluate import Accuracy, accuracy, autocast
 from .mixing import RecordingMixup
 from .preempt import Preempted, StopRequests
 from .progress import Progress, fmt_eta, log
@@ -123,6 +123,9 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, recipe, self.steps_per_epoch, base_lr)
         self.state = LoopState()
         self.last_tag: str | None = None
+        # rank 0: the student's val accuracy after the last epoch (the final weights), which the
+        # final evaluation reuses instead of a second pass over the same images
+        self.final_val: Accuracy | None = None
         self._rng_to_restore: dict | None = None  # set by resume(): RNG states of a mid-epoch checkpoint
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -286,7 +289,10 @@ class Trainer:
                "img_per_s": images / (t_sum / self.world) if t_sum > 0 else 0.0}  # over the mean rank time
         val_top1 = float("nan")
         if self.rank == 0 and self.val_batches is not None:
-            val_top1 = accuracy(self.engine.module, self.val_batches, self.device, self.precision).top1
+            acc = accuracy(self.engine.module, self.val_batches, self.device, self.precision)
+            val_top1 = acc.top1
+            if epoch + 1 == self.recipe.epochs:
+                self.final_val = acc
         row["val_top1"] = _broadcast(val_top1)
         if self.rank == 0:
             log(f"[{self.name}] epoch {epoch + 1}/{self.recipe.epochs} done: loss {row['loss']:.4f} "

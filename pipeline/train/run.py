@@ -163,7 +163,8 @@ def _train_worker(spec: RunSpec) -> dict | None:
     result = None
     if rank == 0:
         student = engine.module
-        metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log)
+        metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log,
+                                val_batches=val, student_val=trainer.final_val)
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(model_file(student, teacher.module, run.model, data.num_classes, spec.stage),
                           spec.out_dir / "model.pt")
@@ -181,12 +182,17 @@ def _train_worker(spec: RunSpec) -> dict | None:
     return result
 
 
-def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log) -> dict:
+def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log,
+                  val_batches=None, student_val=None) -> dict:
+    """val_batches: the loop's val loader, reused rather than built again; student_val: the
+    student's Accuracy on it after the loop's last epoch, taken with these very weights (reused,
+    not recomputed; None evaluates it here, e.g. in a rerun that resumed after the last epoch)."""
     from .evaluate import accuracy, count_params_m, gflops, throughput
 
     out: dict[str, float] = {}
     for split, prefix_keys in (("val", ("top1", "top5")), ("v2", ("v2_top1",))):
-        batches = data.evaluation(split, recipe.eval_batch_size)
+        batches = val_batches if split == "val" and val_batches is not None else \
+            data.evaluation(split, recipe.eval_batch_size)
         for who, model in (("", student), ("ema_", teacher)):
             if batches is None:
                 for k in prefix_keys:
@@ -195,7 +201,8 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
             # The teacher's own map on val: how far AvgPool(softmax(P)), the distillation target,
             # is the teacher's prediction (docs/training.md, "The teacher's map").
             teacher_map = who == "ema_" and split == "val"
-            acc = accuracy(model, batches, device, precision, teacher_map=teacher_map)
+            reuse = who == "" and split == "val" and student_val is not None
+            acc = student_val if reuse else accuracy(model, batches, device, precision, teacher_map=teacher_map)
             out[who + prefix_keys[0]] = acc.top1
             if len(prefix_keys) > 1:
                 out[who + prefix_keys[1]] = acc.top5
