@@ -11,19 +11,18 @@ from pipeline.config import ParamsError
 
 
 def data_errors() -> tuple[type[Exception], ...]:
-    from pipeline.data.convert import ConversionError
     from pipeline.data.manifest import ManifestError
     from pipeline.data.scan import DataLayoutError
     from pipeline.data.sources import SourceError
 
-    return (ParamsError, SourceError, DataLayoutError, ConversionError, ManifestError)
+    return (ParamsError, SourceError, DataLayoutError, ManifestError)
 
 
-def run_cli(body: Callable[[], int]) -> int:
-    """Run a stage body; the data errors become one `error:` line and exit status 2."""
+def run_cli(body: Callable[[], int], errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run a stage body; the data errors (and `errors`) become one `error:` line and exit status 2."""
     try:
         return body()
-    except data_errors() as err:
+    except data_errors() + errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -5,15 +5,24 @@ Profile `builtin` uses the generated set unless `data.imagenet` is set; profile 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.data import builtin
-from pipeline.data.convert import Sources
 
 # Stage outputs (dvc.yaml declares the same paths).
 SOURCE_DIR = Path("data/source")  # prepare_data: the built-in set, or a pointer to real paths
 FFCV_DIR = Path("data/ffcv")  # convert_imagenet: betons + manifest.json
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The folders the conversion reads: ImageNet's train/ and val/, ImageNet-V2 (optional)."""
+
+    train: Path
+    val: Path
+    v2: Path | None = None
 
 
 class SourceError(ValueError):
