@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ConvertParams
+from pipeline.data.beton import BetonWriter, encode_sample
 from pipeline.data.images import load_rgb
 from pipeline.data.manifest import MANIFEST, MANIFEST_FORMAT
 from pipeline.data.scan import (DataLayoutError, SplitScan, check_same_classes, drop_unreadable,
@@ -107,8 +108,6 @@ def beton_fields(cfg: ConvertParams, max_side: int) -> dict:
 def _encode_chunk(first: int, files: list[tuple[str, int]], cfg: ConvertParams) -> list:
     """Samples first, first+1, ... encoded for every max side (a list of EncodedSample in
     sorted-side order), or, for a file that fails now, why (str)."""
-    from pipeline.data.beton import encode_sample
-
     fields = {side: beton_fields(cfg, side) for side in sorted(cfg.max_sides)}
     out = []
     for i, (path, label) in enumerate(files, first):
@@ -169,8 +168,6 @@ def split_key(scan: SplitScan, cfg: ConvertParams, max_side: int) -> str:
 def write_split(scan: SplitScan, work: Path, cfg: ConvertParams, workers: int, log=print) -> int:
     """Write `scan`'s betons (one per max side) under `work`, resuming their checkpoints; return
     how many images an earlier, interrupted run had already written."""
-    from pipeline.data.beton import BetonWriter
-
     n = len(scan.files)
     sides = sorted(cfg.max_sides)
     writers = [BetonWriter.open(work / variant_dir(s) / f"{scan.name}.beton", beton_fields(cfg, s), n,
