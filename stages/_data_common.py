@@ -18,11 +18,11 @@ def data_errors() -> tuple[type[Exception], ...]:
     return (ParamsError, SourceError, DataLayoutError, ManifestError)
 
 
-def run_cli(body: Callable[[], int], errors: tuple[type[Exception], ...] = ()) -> int:
-    """Run a stage body; the data errors (and `errors`) become one `error:` line and exit status 2."""
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a stage body; the data errors become one `error:` line and exit status 2."""
     try:
         return body()
-    except data_errors() + errors as err:
+    except data_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from pipeline.config import ConvertParams, ParamsError, load_params
-        from pipeline.data.convert import ConversionError, Sources, source_classes
         from pipeline.data.convert_job import make_convert_spec
-        from pipeline.data.sources import FFCV_DIR, SOURCE_DIR, SourceError
+        from pipeline.data.scan import source_classes
+        from pipeline.data.sources import FFCV_DIR, SOURCE_DIR, Sources, SourceError
         from pydantic import ValidationError
 
         params = load_params(args.params)
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = spec.work() if in_process else _launch(spec)
         if metrics is None:
             return 1
-        if "error" in metrics:
-            raise ConversionError(metrics["error"])
+        if "error" in metrics:  # the folders cannot be converted as they are: one line, as run_cli prints
+            print(f"error: {metrics['error']}", file=sys.stderr)
+            return 2
         manifest = json.loads((out / "manifest.json").read_text())
         if not args.no_mlflow:
             log_mlflow("convert_imagenet", {"source": {"train": str(src.train), "val": str(src.val), "v2": str(src.v2)},
@@ -101,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"manifest: {out / 'manifest.json'} ({metrics['images_per_s']} images/s, {metrics['workers']} workers)")
         return 0
 
-    from pipeline.data.convert import ConversionError
-
-    return run_cli(body, errors=(ConversionError,))
+    return run_cli(body)
 
 
 def _launch(spec) -> dict | None:

@@ -67,6 +67,14 @@ def test_too_many_unreadable_fails_naming_count_and_list(tmp_path):
     assert not (out / MANIFEST).exists() and not list(out.rglob("*.beton"))
 
 
+def test_cli_says_why_in_one_error_line(tmp_path, capsys):
+    awkward_imagenet(tmp_path / "src")
+    rc = convert_cli(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--max-sides", "64",
+                      "--max-unreadable-fraction", "0.1", "--no-mlflow"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error: ") == 1 and "error: train: 4 of 12 files" in err, err
+
+
 def test_empty_class_folder_is_an_error_naming_it(tmp_path):
     tiny_builtin(tmp_path / "b", classes=3, train=2, val=1, v2=1)
     train = tmp_path / "b/imagenet/train"

@@ -45,8 +45,8 @@ from pipeline.config import ConvertParams
 from pipeline.data.beton import BetonWriter, encode_sample
 from pipeline.data.images import load_rgb
 from pipeline.data.manifest import MANIFEST, MANIFEST_FORMAT
-from pipeline.data.scan import (DataLayoutError, SplitScan, check_same_classes, drop_unreadable,
-                                imagenet_classes, list_imagenet_split, list_v2_split)
+from pipeline.data.scan import (DataLayoutError, SplitScan, drop_unreadable, list_imagenet_split, list_v2_split,
+                                source_classes)
 from pipeline.data.sources import Sources
 
 UNREADABLE = "unreadable.json"
@@ -215,14 +215,6 @@ def _place(src: Path, dst: Path) -> None:
         tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-
-
-def source_classes(src: Sources) -> list[str]:
-    """The class folders (WNIDs, index order), train's and val's checked to be the same set:
-    folders only, so seconds even at ImageNet scale (the stage checks this before launching)."""
-    classes = imagenet_classes(src.train)
-    check_same_classes(f"{src.train}", classes, f"{src.val}", imagenet_classes(src.val))
-    return classes
 
 
 def list_sources(src: Sources) -> list[SplitScan]:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ConvertParams, Params
-from pipeline.data.convert import ConversionError, convert, write_json_atomic
-from pipeline.data.scan import DataLayoutError
 from pipeline.data.sources import Sources
 
 STAGE = "convert_imagenet"
@@ -64,6 +62,10 @@ def convert_worker(spec: ConvertSpec) -> dict:
     """Convert, resuming the checkpoints in spec.ckpt_dir; write and return the stage's metrics,
     or {"error": message} when the folders cannot be converted as they are (the stage prints it
     as its one error line)."""
+    # here, not at the top: importing FFCV compiles numba code (seconds), which the launcher of the
+    # job need not pay
+    from pipeline.data.convert import ConversionError, convert, write_json_atomic
+    from pipeline.data.scan import DataLayoutError
     from pipeline.launch.local import shared_lock, watch_launcher
     from pipeline.launch.stage import workers_lock_path
 
