@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.config import ConvertParams, ParamsError, load_params
         from pipeline.data.convert_job import make_convert_spec
         from pipeline.data.scan import source_classes
-        from pipeline.data.sources import FFCV_DIR, SOURCE_DIR, Sources, SourceError
+        from pipeline.data.sources import FFCV_DIR, SOURCE_DIR, Sources, SourceError, partial_dir
         from pydantic import ValidationError
 
         params = load_params(args.params)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             src = Sources(Path(record["train"]), Path(record["val"]), Path(record["v2"]) if record["v2"] else None)
         out = Path(args.out or FFCV_DIR)
         in_process = bool(args.src or args.out)
-        work = args.work or (out.with_name(out.name + ".partial") if in_process else None)
+        work = args.work or (partial_dir(out) if in_process else None)
         spec = make_convert_spec(params, cfg, src, out, metrics_file=args.metrics, work=work)
         source_classes(src)  # the class folders, before anything is launched (seconds)
         metrics = spec.work() if in_process else _launch(spec)

@@ -145,9 +145,9 @@ class BetonWriter:
                 if w._resume(state):
                     return w
             except OSError as err:
-                log(f"{w.path.name}: its checkpoint cannot be read back ({err}); starting it over")
+                log(f"{w.path}: its checkpoint cannot be read back ({err}); starting it over")
         elif state is not None:
-            log(f"{w.path.name}: the checkpoint left there is of other input or settings; starting over")
+            log(f"{w.path}: the checkpoint left there is of other input or settings; starting over")
         w.remove()
         w._start()
         return w

@@ -47,7 +47,7 @@ from pipeline.data.images import load_rgb
 from pipeline.data.manifest import MANIFEST, MANIFEST_FORMAT
 from pipeline.data.scan import (DataLayoutError, SplitScan, drop_unreadable, list_imagenet_split, list_v2_split,
                                 source_classes)
-from pipeline.data.sources import Sources
+from pipeline.data.sources import Sources, partial_dir
 
 UNREADABLE = "unreadable.json"
 # data.convert keys that change how the conversion runs, never what it writes: kept out of the
@@ -252,11 +252,11 @@ def _remove_old_betons(out: Path) -> None:
 def convert(src: Sources, out: str | Path, cfg: ConvertParams, work: str | Path | None = None,
             workers: int | None = None, log=print) -> Conversion:
     """Convert the splits in `src` to betons under `out` (manifest written last), resuming the
-    checkpoints an interrupted run left in `work` (default `<out>.partial`); `workers` decoding
-    processes (default cfg.num_workers)."""
+    checkpoints an interrupted run left in `work` (default `<out>.partial`, sources.partial_dir);
+    `workers` decoding processes (default cfg.num_workers)."""
     t0 = time.monotonic()
     out = Path(out)
-    work = Path(work) if work is not None else out.with_name(out.name + ".partial")
+    work = Path(work) if work is not None else partial_dir(out)
     workers = workers or cfg.num_workers
     scans = list_sources(src)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ STAGE = "convert_imagenet"
 class ConvertSpec:
     params: Params  # how to launch (params.launch); what to convert is `cfg`
     cfg: ConvertParams  # data.convert with the command line's overrides
-    sources: Sources  # as source.json names them, relative to repo_root: the manifest records them so
+    sources: Sources  # as source.json names them (relative to repo_root): the manifest records them as given
     repo_root: Path
     out_dir: Path
     ckpt_dir: Path  # the work folder of pipeline.data.convert

@@ -16,6 +16,13 @@ SOURCE_DIR = Path("data/source")  # prepare_data: the built-in set, or a pointer
 FFCV_DIR = Path("data/ffcv")  # convert_imagenet: betons + manifest.json
 
 
+def partial_dir(out: str | Path) -> Path:
+    """Where a conversion into `out` keeps its unfinished betons unless told otherwise: beside
+    `out`, so on its file system (finished betons are linked into `out`)."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
 @dataclass(frozen=True)
 class Sources:
     """The folders the conversion reads: ImageNet's train/ and val/, ImageNet-V2 (optional)."""
