@@ -57,6 +57,9 @@ class ConvertParams(Section):
     jpeg_quality: int = Field(90, ge=1, le=100)
     num_workers: int = Field(2, ge=1)
     chunk_size: int = Field(100, ge=1)
+    # A checkpoint of the betons being written at most this often (0: after every chunk); a
+    # killed conversion resumes from the last one (pipeline/data/beton.py).
+    checkpoint_every_s: float = Field(60.0, ge=0.0)
     # A split with more unreadable files than this fraction fails the conversion.
     max_unreadable_fraction: float = Field(0.01, ge=0.0, le=1.0)
 

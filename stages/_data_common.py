@@ -11,12 +11,11 @@ from pipeline.config import ParamsError
 
 
 def data_errors() -> tuple[type[Exception], ...]:
-    from pipeline.data.convert import ConversionError
     from pipeline.data.manifest import ManifestError
     from pipeline.data.scan import DataLayoutError
     from pipeline.data.sources import SourceError
 
-    return (ParamsError, SourceError, DataLayoutError, ConversionError, ManifestError)
+    return (ParamsError, SourceError, DataLayoutError, ManifestError)
 
 
 def run_cli(body: Callable[[], int]) -> int:

@@ -4,21 +4,27 @@
     python -m stages.convert_imagenet --src DIR --out DIR   # any folder holding train/<wnid>/ and val/<wnid>/
         [--v2 DIR]                      # optional ImageNet-V2 folder (<class index>/*)
         [--max-sides 512 896] [--write-mode proportion] [--compress-probability 0.5]
-        [--jpeg-quality 90] [--num-workers 2] [--chunk-size 100] [--max-unreadable-fraction 0.01]
+        [--jpeg-quality 90] [--num-workers 2] [--chunk-size 100] [--checkpoint-every-s 60]
+        [--max-unreadable-fraction 0.01] [--work DIR]
+
+The DVC stage runs through the launcher of params.launch, like training: a submitit process
+(launcher local) or a SLURM job of the profile's `conversion` kind (launcher slurm), writing
+data/ffcv. With --src or --out the conversion runs in this process. Either way a killed run
+resumes from the checkpoints in its work folder (--work; default outputs/checkpoints/convert_imagenet
+for the stage, <out>.partial with --out).
 
 Settings not given as flags come from data.convert in params.yaml (--params to use another).
 Unreadable files are skipped and listed in <out>/manifest.json with the reason; exit status 2
-with one `error:` line when the folders cannot be converted as they are.
+with one `error:` line when the folders cannot be converted as they are, 1 when the job failed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from stages._data_common import log_mlflow, run_cli, write_metrics
+from stages._data_common import log_mlflow, run_cli
 
 # flag -> data.convert key
 OVERRIDES = {
@@ -28,6 +34,7 @@ OVERRIDES = {
     "jpeg_quality": dict(type=int),
     "num_workers": dict(type=int),
     "chunk_size": dict(type=int),
+    "checkpoint_every_s": dict(type=float),
     "max_unreadable_fraction": dict(type=float),
 }
 
@@ -38,6 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--src", default=None, help="ImageNet-layout root holding train/ and val/")
     ap.add_argument("--v2", default=None, help="ImageNet-V2 root holding <class index>/ folders (optional)")
     ap.add_argument("--out", default=None, help="output folder (default data/ffcv)")
+    ap.add_argument("--work", default=None, help="where an unfinished conversion keeps its checkpoints")
     ap.add_argument("--metrics", default=None, help="write the stage metrics json here")
     ap.add_argument("--no-mlflow", action="store_true")
     for key, kw in OVERRIDES.items():
@@ -51,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from pipeline.config import ConvertParams, ParamsError, load_params
-        from pipeline.data.convert import Sources, convert
-        from pipeline.data.sources import FFCV_DIR, SOURCE_DIR, SourceError
+        from pipeline.data.convert_job import make_convert_spec
+        from pipeline.data.scan import source_classes
+        from pipeline.data.sources import FFCV_DIR, SOURCE_DIR, Sources, SourceError, partial_dir
         from pydantic import ValidationError
 
         params = load_params(args.params)
@@ -71,15 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads(record_path.read_text())
             src = Sources(Path(record["train"]), Path(record["val"]), Path(record["v2"]) if record["v2"] else None)
         out = Path(args.out or FFCV_DIR)
-        start = time.time()
-        manifest = convert(src, out, cfg)
-
-        # timings live here, not in the manifest: data/ffcv stays byte-identical between runs
-        metrics = {"seconds": round(time.time() - start, 1)}
-        for name, split in manifest["splits"].items():
-            metrics[f"{name}_images"] = split["images"]
-            metrics[f"{name}_skipped"] = len(split["skipped"])
-        write_metrics(args.metrics, metrics)
+        in_process = bool(args.src or args.out)
+        work = args.work or (partial_dir(out) if in_process else None)
+        spec = make_convert_spec(params, cfg, src, out, metrics_file=args.metrics, work=work)
+        source_classes(src)  # the class folders, before anything is launched (seconds)
+        metrics = spec.work() if in_process else _launch(spec)
+        if metrics is None:
+            return 1
+        if "error" in metrics:  # the folders cannot be converted as they are: one line, as run_cli prints
+            print(f"error: {metrics['error']}", file=sys.stderr)
+            return 2
+        manifest = json.loads((out / "manifest.json").read_text())
         if not args.no_mlflow:
             log_mlflow("convert_imagenet", {"source": {"train": str(src.train), "val": str(src.val), "v2": str(src.v2)},
                                             "data": {"convert": cfg.model_dump()}}, metrics)
@@ -88,10 +99,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(split['skipped'])} skipped -> {', '.join(str(out / b) for b in split['betons'].values())}")
             for s in split["skipped"]:
                 print(f"  skipped {s['path']}: {s['reason']}")
-        print(f"manifest: {out / 'manifest.json'}")
+        print(f"manifest: {out / 'manifest.json'} ({metrics['images_per_s']} images/s, {metrics['workers']} workers)")
         return 0
 
     return run_cli(body)
+
+
+def _launch(spec) -> dict | None:
+    """Run the stage's job through params.launch; None (after printing why) when it failed."""
+    from pipeline.launch.cluster import SubmissionError
+    from pipeline.launch.local import LaunchError, watch_parent
+    from pipeline.launch.profiles import ProfileError
+    from pipeline.launch.slurm import SlurmJobError
+    from pipeline.launch.stage import StageError, run_stage
+
+    if spec.params.launch.launcher == "local":
+        watch_parent()  # `dvc repro` killed: stop too, and the job follows (it watches this pid)
+    try:
+        return run_stage(spec)
+    except (LaunchError, SlurmJobError, SubmissionError, ProfileError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)  # the message carries the job's log tail
+        return None
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
                 p[section]["builtin"][k] += 1
         p["launch"].update(launcher="slurm", profile="gpu_example", timeout_min=5)
         p["data"]["loader"].update(os_cache=not p["data"]["loader"]["os_cache"], num_workers=5)
-        p["data"]["convert"].update(num_workers=7, chunk_size=3)
+        p["data"]["convert"].update(num_workers=7, chunk_size=3, checkpoint_every_s=5)
         for section in ("detection", "segmentation"):
             p["transfer"][section]["paper"] = _bump(p["transfer"][section]["paper"])
             for k in NOT_DECLARED["transfer_recipe"]:
@@ -248,6 +248,14 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
     transfer = {n for n in stages if n.startswith(TRANSFER)}
     assert _stale(repo, env) == training | transfer | {"report"}  # Fig. 1 measures the model
     model.write_text(source)
+
+    # the conversion's code: the conversion alone (its betons come out byte-identical, and
+    # training does not import it)
+    conversion = repo / "pipeline/data/convert.py"
+    source = conversion.read_text()
+    conversion.write_text(source + "\n# edited\n")
+    assert _stale(repo, env) == {"convert_imagenet"}
+    conversion.write_text(source)
 
     # one recipe value of the profile that runs: the 9 pretraining stages; a fine-tune's init_from:
     # that fine-tune, whose upstream stage (and SLURM job key) follow

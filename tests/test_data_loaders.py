@@ -188,6 +188,37 @@ def test_a_script_that_takes_one_batch_exits_at_once(tiny_betons, backend, how):
     assert waited < 120, f"{backend}: the script took {waited:.0f} s"
 
 
+EVALUATION = """
+import gc, sys
+import numba
+from pipeline.config import DataParams, LoaderParams
+from pipeline.data.loaders import build_val_loader
+for split in ("val", "v2"):  # as the training stage's final evaluation: a loader per split, two passes each
+    batches = build_val_loader(DataParams(loader=LoaderParams()), 56, 4, split=split, ffcv_dir=sys.argv[1],
+                               backend="ffcv", num_workers=2)
+    for model in ("student", "teacher"):
+        for x, y in batches:
+            pass
+del batches
+gc.collect()
+assert numba.uint8[::1].mutable, "numba's shared uint8[::1] type was made read-only"
+print("evaluated", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_dropping_ffcv_loaders_is_quiet(tiny_betons):
+    """FFCV's page-cache reader used to flip numba's shared uint8[::1] type to read-only; dropping a
+    loader then printed a KeyError from numba's finalizer (the end of every training stage)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", EVALUATION, str(tiny_betons)], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0 and "evaluated" in res.stdout, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr[-2000:]
+
+
 def test_close_and_context_manager_stop_the_epoch(tiny_betons):
     with build_train_loader(data(), RES, 6, ffcv_dir=tiny_betons, backend="torchvision", num_workers=2) as b:
         it = iter(b)

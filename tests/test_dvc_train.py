@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.kill import sigkill_once_exists
@@ -76,6 +77,7 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     assert [r["epoch"] for r in curve] == [1, 2] and {"loss", "lr", "val_top1", "img_per_s"} <= set(curve[0])
     assert (repo / "outputs" / stage / "model.pt").is_file() and not ckpt.exists()
     assert "top1" in run([DVC, "metrics", "show"], repo, env)
+    weights = torch.load(repo / "outputs" / stage / "model.pt", weights_only=False)
 
     # 3. MLflow, default store at the repo root: one run (the resumed one continued it), curves
     from mlflow import MlflowClient
@@ -117,3 +119,19 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     assert _status(repo, env) - before == {stage}
     dry = run([DVC, "repro", "--dry", "finetune_hiri_s_768"], repo, env)
     assert f"Running stage '{stage}'" in dry and "Running stage 'convert_imagenet'" not in dry
+
+    # 7. the stage from scratch with another loader worker count (FFCV, the default backend): the
+    # weights and metrics of step 2's run (2 workers, killed and resumed), bit for bit
+    p["train"]["runs"]["hiri_s_448"]["seed"] = 0
+    assert p["data"]["loader"]["backend"] == "ffcv" and p["data"]["loader"]["num_workers"] == 2
+    p["data"]["loader"]["num_workers"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run([DVC, "repro", "-f", "-s", stage], repo, env)
+    again = torch.load(repo / "outputs" / stage / "model.pt", weights_only=False)
+    for part in ("state_dict", "state_dict_ema"):
+        assert again[part].keys() == weights[part].keys()
+        for k in weights[part]:
+            assert torch.equal(again[part][k], weights[part][k]), f"{part}.{k} differs with 1 loader worker"
+    timing = {"throughput"}
+    redone = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+    assert {k: v for k, v in redone.items() if k not in timing} == {k: v for k, v in metrics.items() if k not in timing}

@@ -10,6 +10,7 @@ sample indices from FFCV, and the later operations ask for them (`with_indices`)
 - `RandAugmentOp`: timm's RandAugment, compiled (pipeline.data.randaugment).
 - `SeededRandomErasing`: timm's RandomErasing on the normalised batch, one torch generator per
   image.
+- `os_cache_reader`: FFCV's page-cache reader without its side effect on numba's types.
 """
 from __future__ import annotations
 
@@ -24,10 +25,29 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
-from numba import njit
+from numba import njit, types
 
 from pipeline.data.randaugment import RandAugmentSpec, rand_augment_image
 from pipeline.data.seeding import CROP, ERASE, FLIP, RAND_AUGMENT, EpochCell, python_key, sample_key, uniform
+
+
+def os_cache_reader(manager) -> Callable:
+    """FFCV's `OSCacheManager.compile_reader` (os_cache=True), the same reader compiled for the same
+    types, but without changing numba's own.
+
+    FFCV 1.0.2 types the read-only memory map by setting `mutable = False` on `numba.uint8[::1]`,
+    an object numba interns and shares. Every function already compiled for byte arrays (FFCV's
+    `imdecode` among them) then keeps its compiled versions under keys whose hash has changed:
+    when a loader is dropped, numba's finalizer cannot find them and prints `Exception ignored
+    in: <finalize object ...>` ... `KeyError: (Array(uint8, 1, 'C', True, aligned=True), ...`."""
+    data = types.Array(types.uint8, 1, "C", readonly=True)  # FFCV's memmap is opened read-only
+    index = types.uint64[::1]
+
+    def read(address, mem_state):
+        size = mem_state[2][np.searchsorted(mem_state[1], address)]
+        return mem_state[0][address:address + size]
+
+    return Compiler.compile(read, data(types.uint64, types.Tuple([data, index, index])))
 
 
 @njit(cache=True, nogil=True)

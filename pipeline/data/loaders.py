@@ -237,7 +237,11 @@ def _torchvision(files, transform, batch_size, num_workers, shuffle, drop_last, 
 
 def _ffcv(path, image_pipeline, batch_size, cfg: LoaderParams, num_workers, train, drop_last, distributed, seed):
     from ffcv.loader import Loader, OrderOption
+    from ffcv.memory_managers import OSCacheManager
 
+    from pipeline.data.ffcv_ops import os_cache_reader
+
+    OSCacheManager.compile_reader = os_cache_reader  # FFCV's own alters numba's types (see there)
     return Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=cfg.os_cache,
                   order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, distributed=distributed,
                   seed=seed, drop_last=drop_last,

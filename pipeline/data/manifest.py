@@ -5,7 +5,8 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.data.convert import MANIFEST, MANIFEST_FORMAT
+MANIFEST = "manifest.json"  # written last by the conversion: present <=> it finished
+MANIFEST_FORMAT = 1
 
 
 class ManifestError(FileNotFoundError):

@@ -69,6 +69,15 @@ def check_same_classes(a_name: str, a: list[str], b_name: str, b: list[str]) -> 
         raise DataLayoutError(f"class folders differ between {a_name} and {b_name}; " + "; ".join(parts))
 
 
+def source_classes(src) -> list[str]:
+    """The class folders (WNIDs, index order) of `src` (pipeline.data.sources.Sources), train's and
+    val's checked to be the same set: folders only, so seconds even at ImageNet scale (the
+    conversion stage checks this before launching its job)."""
+    classes = imagenet_classes(src.train)
+    check_same_classes(f"{src.train}", classes, f"{src.val}", imagenet_classes(src.val))
+    return classes
+
+
 def _some(names: list[str], n: int = 20) -> str:
     head = ", ".join(str(x) for x in names[:n])
     return head + (f" ... and {len(names) - n} more" if len(names) > n else "") + f" ({len(names)} in all)"

@@ -5,15 +5,31 @@ Profile `builtin` uses the generated set unless `data.imagenet` is set; profile 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.data import builtin
-from pipeline.data.convert import Sources
 
 # Stage outputs (dvc.yaml declares the same paths).
 SOURCE_DIR = Path("data/source")  # prepare_data: the built-in set, or a pointer to real paths
 FFCV_DIR = Path("data/ffcv")  # convert_imagenet: betons + manifest.json
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where a conversion into `out` keeps its unfinished betons unless told otherwise: beside
+    `out`, so on its file system (finished betons are linked into `out`)."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The folders the conversion reads: ImageNet's train/ and val/, ImageNet-V2 (optional)."""
+
+    train: Path
+    val: Path
+    v2: Path | None = None
 
 
 class SourceError(ValueError):

@@ -1,8 +1,9 @@
-"""Training stages as SLURM jobs through submitit: submit, or re-attach to the job already
-submitted for the same stage and inputs, wait, and put its outputs where dvc.yaml expects them.
+"""Stages as SLURM jobs through submitit: submit, or re-attach to the job already submitted for
+the same stage and inputs, wait, and put its outputs where dvc.yaml expects them.
 
 The job runs the very worker the local launcher runs (the spec's own `work()`: a training stage's
-`pipeline.train.run.train_worker`, a transfer stage's `pipeline.transfer.run.transfer_worker`): rank,
+`pipeline.train.run.train_worker`, a transfer stage's `pipeline.transfer.run.transfer_worker`, the
+conversion's `pipeline.data.convert_job.convert_worker`, one task resuming its own checkpoints): rank,
 world size and rendezvous come from submitit's JobEnvironment in both (`distributed_env`), one
 task per GPU (NCCL) or `tasks_per_node` CPU tasks (gloo), on 1..N nodes. The recipe's global
 batch and its learning-rate scaling do not depend on the node count (`batch_layout` turns more
@@ -15,7 +16,7 @@ running or finished, and waits for that job instead of submitting another.
 
 Staged outputs: `dvc repro` deletes a stage's outs before it runs the stage's command, so a job
 that finished earlier (submitted by `python -m pipeline.launch`) writes to
-outputs/slurm/staged/<stage>/<key>/ and the attaching stage moves the files into place.
+outputs/slurm/staged/<stage>/<key>/ and the attaching stage links (or copies) the files into place.
 
 Preemption and time limits: the job callable is a submitit `Checkpointable`. On SLURM's warning
 signal (USR2, `signal_delay_s` before the limit) or preemption, submitit requeues the job with the
@@ -95,7 +96,8 @@ def staged_spec(spec, key: str):
     params = spec.params.model_copy(update={"launch": launch})
     staged = staged_dir(spec.repo_root, spec.stage, key)
     return replace(spec, params=params, launcher_pid=None, out_dir=staged / "out",
-                   metrics_file=staged / "metrics.json", plots_file=staged / "plots.json")
+                   metrics_file=staged / "metrics.json",
+                   plots_file=staged / "plots.json" if spec.plots_file is not None else None)
 
 
 def executor_for(spec, folder: Path, dependency: list[str] | None = None) -> QueueExecutor:
@@ -212,11 +214,21 @@ def wait(rec: dict, poll_s: float = 3.0, echo=sys.stdout) -> dict:
                             f"tail of {rec['stderr']}:\n{_tail(rec['stderr'])}") from None
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    # a second name for the file (a conversion's betons are hundreds of GB); a copy across file systems
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def collect(spec, rec: dict) -> None:
-    """Move the job's staged outputs to the paths dvc.yaml declares."""
+    """Put the job's staged outputs at the paths dvc.yaml declares (hard links where possible;
+    the staged files stay, for a later `dvc repro` that attaches to the same finished job)."""
     staged = Path(rec["staged"])
-    moves = [(staged / "out", Path(spec.out_dir)), (staged / "metrics.json", Path(spec.metrics_file)),
-             (staged / "plots.json", Path(spec.plots_file))]
+    moves = [(staged / "out", Path(spec.out_dir)), (staged / "metrics.json", Path(spec.metrics_file))]
+    if spec.plots_file is not None:
+        moves.append((staged / "plots.json", Path(spec.plots_file)))
     for src, dst in moves:
         if not src.exists():
             raise SlurmJobError(f"{spec.stage}: job {rec['job_id']} finished but {src} is missing")
@@ -224,7 +236,8 @@ def collect(spec, rec: dict) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_dir():
             shutil.rmtree(dst)
-        shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+        dst.unlink(missing_ok=True)
+        shutil.copytree(src, dst, copy_function=_link_or_copy) if src.is_dir() else _link_or_copy(src, dst)
 
 
 def run_stage_slurm(spec) -> dict:
