@@ -7,10 +7,9 @@ import timm
 import torch
 
 import pipeline.models.ablations  # noqa: F401  (registers the ablation models)
-from pipeline.models.ablation_report import (
-    GFLOPS_TOLERANCE, KNOWN_GAPS, PARAMS_TOLERANCE, TABLES, TIMM_BASELINES, build, paper_rows,
-)
-from pipeline.models.ablations import ROWS, StagedNet
+from pipeline.models.ablation_report import GFLOPS_TOLERANCE, KNOWN_GAPS, PARAMS_TOLERANCE, TABLES, paper_rows
+from pipeline.models.ablations import ROWS, StagedNet, create_row_model
+from pipeline.models.ablations.rows import TIMM_BASELINES
 from pipeline.models.ablations.variants import HIRI_S_AS_STAGED, STEM_WIDTH, VARIANTS
 from pipeline.models.flops import count_gflops
 from pipeline.models.flops import n_params
@@ -45,7 +44,7 @@ def test_forward_backward_at_a_small_input(name):
 
 @lru_cache(maxsize=None)
 def params_m(model: str) -> float:  # rows sharing a model build it once (weights do not depend on img_size)
-    return n_params(build(model, 448)) / 1e6  # build() gives Table 9's models their own default size
+    return n_params(create_row_model(model, 448)) / 1e6
 
 
 @pytest.mark.parametrize("key", sorted(ROWS), ids=lambda k: f"t{k[0]}r{k[1]}")
@@ -64,7 +63,7 @@ def test_parameters_against_the_paper(key):
                          ids=lambda k: f"t{k[0]}r{k[1]}")
 def test_gflops_against_the_paper(key):
     row = ROWS[key]
-    ours = count_gflops(build(row.model, row.img_size), row.img_size)
+    ours = count_gflops(create_row_model(row.model, row.img_size), row.img_size)
     diff = abs(ours / PAPER[key].values["gflops"] - 1)
     if key in KNOWN_GAPS:
         assert diff > GFLOPS_TOLERANCE
@@ -136,3 +135,4 @@ def test_compile_fullgraph_on_the_m_vit_blocks():
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
