@@ -136,3 +136,34 @@ def test_compile_fullgraph_on_the_m_vit_blocks():
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-4, rtol=1e-4)
 
+
+# --- the rows as training stages (ablation.runs in params.yaml, stages/ablation.py) ---------------
+
+
+def test_every_ablation_run_trains_its_rows_model_with_the_papers_distillation():
+    """Each run's paper row (the `stage:` naming it) is built from ROWS' model at the row's
+    resolution; EMA distillation as the paper has it: Table 7 rows 1-10 without (row 11 adds it),
+    Table 8 with (its rows end in HIRI-ViT-S's 84.3), Table 9 without (docs/training.md)."""
+    from pipeline.config import load_params
+    from pipeline.tracking.paper_tables import stage_row
+
+    params = load_params()
+    covered = set()
+    for key, run in params.ablation.runs.items():
+        row = stage_row(f"ablation_{key}")
+        assert ROWS[(row.table, row.index)] == (run.model, run.img_size), key
+        assert run.distill == (row.table == 8), key
+        covered.add((row.table, row.index))
+    main = params.train.runs["hiri_s_448"]
+    for key in set(ROWS) - covered:  # the rows the main stage reproduces
+        assert key in ((7, 11), (8, 4)) and ROWS[key] == (main.model, main.img_size), key
+        assert PAPER[key].stage == "train_hiri_s_448"
+
+
+def test_create_row_model_passes_only_the_keywords_each_model_takes():
+    assert not hasattr(create_row_model("pvt_v2_b2", 224, num_classes=3), "dense_head")  # no img_size given
+    assert create_row_model("hiri_ablation_t7_r06_irds", 448, num_classes=3).img_size == 448
+    with pytest.raises(TypeError, match="drop_path_rate"):  # HRNet has no stochastic depth: timm refuses it
+        create_row_model("hrnet_w18", 224, drop_path_rate=0.1)
+    with pytest.raises(ValueError, match="no timm model 'hiri_ablation_t7_r07'"):
+        create_row_model("hiri_ablation_t7_r07", 448)
