@@ -141,6 +141,23 @@ def within(key: tuple[int, int], ours: tuple[float, float], paper: dict) -> bool
     return abs(ours[0] / pr["params_m"] - 1) <= PARAMS_TOLERANCE and abs(ours[1] / pr["gflops"] - 1) <= GFLOPS_TOLERANCE
 
 
+def stage_lines(paper: dict) -> list[str]:
+    """Which DVC stage trains each row, and with or without EMA distillation (params.yaml)."""
+    from pipeline.config import load_params
+
+    runs = {f"ablation_{k}": r for k, r in load_params().ablation.runs.items()}
+    md = ["## The rows as DVC stages", "",
+          "Each row trains as a stage (docs/training.md, \"Ablation stages\"), the paper data naming it; the",
+          "HIRI-ViT-S rows are the main stage. Recipe: the profile's pretraining recipe, EMA distillation",
+          "switched per run (`ablation.runs` in params.yaml).", "",
+          "| table | row | paper's model | stage | EMA distillation |", "| ---: | ---: | --- | --- | --- |"]
+    for key in ROWS:
+        stage = paper[key].stage
+        distill = "yes (the main recipe)" if stage not in runs else ("yes" if runs[stage].distill else "no")
+        md.append(f"| {key[0]} | {key[1]} | {paper[key].network} | `{stage}` | {distill} |")
+    return md + [""]
+
+
 def render(measured, paper, alts, irds_deltas, block_costs, four224, two224) -> str:
     md = [
         "# Ablations (Tables 7, 8, 9): our models beside the paper",
@@ -176,8 +193,8 @@ def render(measured, paper, alts, irds_deltas, block_costs, four224, two224) -> 
     r2 = paper[(8, 2)].values
     r1 = paper[(8, 1)].values
     need_p, need_g = r2["params_m"] - r1["params_m"], r2["gflops"] - r1["gflops"]
+    md += [""] + stage_lines(paper)
     md += [
-        "",
         "## Table 7: how each row is built",
         "",
         "Section 5.4 builds HIRI-ViT-S from a four-stage M-ViT one change per row; the text fixes the kind",
