@@ -62,7 +62,8 @@ def test_a_backbone_without_a_dense_head_trains_without_distillation_and_reports
     with pytest.raises(TypeError, match=r"has no forward_dense\(\); EMA distillation \(alpha 0.8 < 1\)"):
         EmaTeacher(student, decay=0.9, warmup=False, alpha=0.8)
     teacher = EmaTeacher(student, decay=0.9, warmup=False, alpha=1.0)
-    recipe = PARAMS.train.builtin.model_copy(update={"eval_batch_size": 8, "throughput_batch": 2, "throughput_iters": 1})
+    recipe = PARAMS.train.builtin.model_copy(update={"eval_batch_size": 8, "throughput_batch": 2,
+                                                     "throughput_iters": 1})
     metrics = final_metrics(student, teacher.module, SyntheticData(64, n_train=8, n_val=8), recipe, 64,
                             torch.device("cpu"), "fp32", lambda _: None)
     assert math.isnan(metrics["ema_map_top1"]) and math.isnan(metrics["ema_map_agreement"])

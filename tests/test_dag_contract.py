@@ -113,7 +113,8 @@ def test_declared_params_exist_and_cover_each_knob_or_leave_it_out_on_purpose(st
     for name, st in stages.items():
         if not name.startswith(TRAINING):
             continue
-        kind = {"ablation": "train"}.get(name.split("_")[0], name.split("_")[0])  # ablations: the pretraining recipe
+        kind = name.split("_")[0]
+        kind = "train" if kind == "ablation" else kind  # the ablations train with the pretraining recipe
         declared = {"recipe": {k.split(".", 2)[2] for k in _keys(st) if k.startswith(f"{kind}.{params.profile}.")},
                     "loader": {k[len("data.loader."):] for k in _keys(st) if k.startswith("data.loader.")},
                     "launch": {k[len("launch."):] for k in _keys(st) if k.startswith("launch.")}}
