@@ -170,32 +170,21 @@ def test_create_row_model_passes_only_the_keywords_each_model_takes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["hiri_ablation_t7_r01_mvit", "hiri_ablation_t7_r05_conv_stem",
-                                  "hiri_vit_s_blocks_hr_hr_t_t_t"])
+@pytest.mark.parametrize("name", ["hiri_ablation_t7_r01_mvit", "hiri_ablation_t7_r05_conv_stem"])
 def test_timm_contract_of_the_staged_families(name):
-    """What tests/test_timm_contract.py holds hiri_vit_s to, on StagedNet's block families (M-ViT's
-    blocks; the Conv-stem with conv downsampling; a Transformer stage at C3): intermediates against
-    feature_info, the unpooled head, equal gradients under checkpointing, every parameter grouped."""
+    """What tests/test_timm_contract.py holds hiri_vit_s to, on StagedNet's new block families (M-ViT's
+    blocks; the Conv-stem with conv downsampling): intermediates against feature_info, the unpooled
+    head, every parameter grouped. StagedNet inherits HiriViT's forward code, so grad checkpointing
+    (checkpoint_seq over the same stage loop) is held by test_timm_contract.py."""
     torch.manual_seed(0)
-    x = torch.randn(2, 3, SMALL, SMALL)
+    x = torch.randn(1, 3, SMALL, SMALL)
     model = timm.create_model(name, num_classes=5).eval()
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
         assert torch.equal(final, model.forward_features(x)) and torch.equal(maps[-1], final)
-    assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
-    assert [SMALL // m.shape[-1] for m in maps] == [f["reduction"] for f in model.feature_info]
-    ckpt = timm.create_model(name, num_classes=5).train()
-    ckpt.load_state_dict(model.state_dict())
-    ckpt.set_grad_checkpointing()
-    model.train()
-    torch.manual_seed(1)
-    model(x).square().mean().backward()
-    torch.manual_seed(1)
-    ckpt(x).square().mean().backward()
-    for (n, p), q in zip(model.named_parameters(), ckpt.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), n
-    groups = timm.models.group_parameters(model, model.group_matcher())
-    assert sorted(n for names in groups.values() for n in names) == sorted(n for n, _ in model.named_parameters())
-    model.eval().reset_classifier(0, "")
-    with torch.no_grad():
-        assert model(x).shape == (2, model.num_features, *final.shape[-2:])
+        assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
+        assert [SMALL // m.shape[-1] for m in maps] == [f["reduction"] for f in model.feature_info]
+        groups = timm.models.group_parameters(model, model.group_matcher())
+        assert sorted(n for names in groups.values() for n in names) == sorted(n for n, _ in model.named_parameters())
+        model.reset_classifier(0, "")
+        assert model(x).shape == (1, model.num_features, *final.shape[-2:])

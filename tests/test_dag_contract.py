@@ -285,10 +285,6 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
     _edit(repo, lambda p: (p["train"]["builtin"].update(epochs=2),
                            p["finetune"]["runs"]["hiri_s_768"].update(init_from="hiri_s_448")))
     assert _stale(repo, env) == set()
-    # one ablation run's block: its stage alone
-    _edit(repo, lambda p: p["ablation"]["runs"]["t8_hr_hr_t_t_t"].update(seed=1))
-    assert _stale(repo, env) == {"ablation_t8_hr_hr_t_t_t"}
-    _edit(repo, lambda p: p["ablation"]["runs"]["t8_hr_hr_t_t_t"].update(seed=0))
     _edit(repo, lambda p: p["transfer"]["detection"]["builtin"].update(lr=1.0))
     assert _stale(repo, env) == {n for n in transfer if n.startswith("coco_")}
     _edit(repo, lambda p: (p["transfer"]["detection"]["builtin"].update(lr=2.0e-4),
