@@ -26,7 +26,6 @@ def train_stage(kind: str, key: str, params_path: str, check=None) -> int:
 
     from pipeline.config import ParamsError, load_params
     from pipeline.launch.stage import StageError, run_stage
-    from pipeline.tracking.paper_tables import PaperDataError
     from pipeline.train.stage import make_spec
 
     try:
@@ -35,7 +34,7 @@ def train_stage(kind: str, key: str, params_path: str, check=None) -> int:
         if check is not None:
             check(spec)
         _check_data(params)
-    except (ParamsError, PaperDataError, StageError, KeyError, FileNotFoundError, ValueError) as err:
+    except (ParamsError, StageError, KeyError, FileNotFoundError, ValueError) as err:  # PaperDataError: a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     from pipeline.launch.cluster import SubmissionError
