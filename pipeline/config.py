@@ -220,6 +220,35 @@ class FinetuneParams(TrainParams):
     runs: dict[str, FinetuneRun] = Field(default_factory=_finetune_runs)
 
 
+class AblationRun(Section):
+    """One ablation stage, ablation_<key> in dvc.yaml: a row of Table 7, 8 or 9 (the paper data's
+    `stage:` says which), trained with the pretraining recipe of the profile (train.<profile>)."""
+
+    # a model registered by pipeline.models.ablations (or hiri_vit_s, or timm's own baselines);
+    # checked before launching by stages/ablation.py
+    model: str
+    img_size: int = Field(ge=32)  # the row's resolution (the data's; Table 9's timm models take any)
+    drop_path_rate: float | None = Field(ge=0.0, lt=1.0)  # null: the model has no stochastic depth (HRNet)
+    distill: bool  # EMA distillation (4.5); false: the target is the CutMix/Mixup label (alpha = 1)
+    seed: int = 0
+
+    def recipe(self, base: RecipeParams) -> RecipeParams:
+        """The pretraining recipe this run trains with: `base`, with EMA distillation switched off
+        (alpha 1, so no ramp) unless the run distils. The EMA teacher itself is kept either way."""
+        if self.distill:
+            return base
+        return base.model_copy(update={"ema": base.ema.model_copy(update={"alpha": 1.0, "alpha_ramp": False})})
+
+
+class AblationParams(Section):
+    runs: dict[str, AblationRun] = Field(default_factory=dict)
+
+    def run(self, key: str) -> AblationRun:
+        if key not in self.runs:
+            raise KeyError(f"no ablation run {key!r} in params.yaml; known runs: {sorted(self.runs)}")
+        return self.runs[key]
+
+
 class LaunchParams(Section):
     """How a training stage starts its processes (pipeline/launch/)."""
 
@@ -429,6 +458,14 @@ class Params(Section):
     launch: LaunchParams = LaunchParams()
     report: ReportParams = ReportParams()
     transfer: TransferParams = TransferParams()
+    ablation: AblationParams = AblationParams()
+
+    def training_run(self, kind: str, key: str) -> TrainRun | FinetuneRun | AblationRun:
+        """The run of DVC stage `<kind>_<key>`; KeyError naming the known runs of its section."""
+        sections = {"train": self.train, "finetune": self.finetune, "ablation": self.ablation}
+        if kind not in sections:
+            raise ValueError(f"training kind must be one of {sorted(sections)}, got {kind!r}")
+        return sections[kind].run(key)
 
     @model_validator(mode="after")
     def _finetune_sources(self):

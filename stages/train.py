@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", action="store_true", help="a fine-tuning run (finetune.runs)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = ap.parse_args(argv)
+    return train_stage("finetune" if args.finetune else "train", args.run, args.params)
+
+
+def train_stage(kind: str, key: str, params_path: str, check=None) -> int:
+    """Validate, then launch stage `<kind>_<key>` and wait for it (what every training stage's command
+    does); `check(spec)` raises ValueError for what the kind must also hold before launching."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
 
     from pipeline.config import ParamsError, load_params
@@ -23,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.train.stage import make_spec
 
     try:
-        params = load_params(args.params)  # validated before anything launches
-        spec = make_spec(params, "finetune" if args.finetune else "train", args.run)
+        params = load_params(params_path)  # validated before anything launches
+        spec = make_spec(params, kind, key)
+        if check is not None:
+            check(spec)
         _check_data(params)
-    except (ParamsError, StageError, KeyError, FileNotFoundError, ValueError) as err:
+    except (ParamsError, StageError, KeyError, FileNotFoundError, ValueError) as err:  # PaperDataError: a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     from pipeline.launch.cluster import SubmissionError

@@ -31,7 +31,7 @@ NOT_DECLARED = {
     "convert": set(SPEED_SETTINGS),  # byte-identical betons (tests/test_data_convert.py)
     "transfer_recipe": {"checkpoint_every_iters", "keep_checkpoints", "log_every_iters"},  # cadence
 }
-TRAINING = ("train_", "finetune_")
+TRAINING = ("train_", "finetune_", "ablation_")
 TRANSFER = ("coco_", "ade20k_")
 
 
@@ -50,15 +50,28 @@ def _keys(stage: dict) -> list[str]:
 
 
 def test_every_run_has_its_stage_and_back(stages, params):
-    for kind, runs in (("train", params.train.runs), ("finetune", params.finetune.runs)):
+    commands = {"train": "stages.train", "finetune": "stages.train --finetune", "ablation": "stages.ablation"}
+    for kind, runs in (("train", params.train.runs), ("finetune", params.finetune.runs),
+                       ("ablation", params.ablation.runs)):
         names = {n for n in stages if n.startswith(kind + "_")}
         assert names == {f"{kind}_{k}" for k in runs}, kind
         for key in runs:
             st = stages[f"{kind}_{key}"]
-            assert st["cmd"] == f"python -m stages.train {'--finetune ' if kind == 'finetune' else ''}{key}"
+            assert st["cmd"] == f"python -m {commands[kind]} {key}"
             assert f"{kind}.runs.{key}" in _keys(st) and not any(
                 k.startswith(f"{kind}.runs.") and k != f"{kind}.runs.{key}" for k in _keys(st))
             assert {f"outputs/{kind}_{key}", f"metrics/{kind}_{key}.json", f"plots/{kind}_{key}.json"} <= set(st["outs"])
+
+
+def test_every_ablation_row_has_its_stage_and_each_ablation_stage_one_row(stages):
+    from pipeline.tracking.paper_tables import all_rows, stage_row
+
+    for row in all_rows():
+        if row.table in (7, 8, 9):
+            assert row.stage in stages, row.source
+    for name in stages:
+        if name.startswith("ablation_"):
+            assert stage_row(name).table in (7, 8, 9), name
 
 
 def test_finetune_depends_on_the_stage_its_init_from_names(stages, params):
@@ -101,6 +114,7 @@ def test_declared_params_exist_and_cover_each_knob_or_leave_it_out_on_purpose(st
         if not name.startswith(TRAINING):
             continue
         kind = name.split("_")[0]
+        kind = "train" if kind == "ablation" else kind  # the ablations train with the pretraining recipe
         declared = {"recipe": {k.split(".", 2)[2] for k in _keys(st) if k.startswith(f"{kind}.{params.profile}.")},
                     "loader": {k[len("data.loader."):] for k in _keys(st) if k.startswith("data.loader.")},
                     "launch": {k[len("launch."):] for k in _keys(st) if k.startswith("launch.")}}
@@ -237,7 +251,8 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
                 p["transfer"][section]["builtin"][k] += 1
 
     _edit(repo, bookkeeping)
-    for code in ("pipeline/models/report.py", "pipeline/train/synthetic.py", "pipeline/launch/dag.py"):
+    for code in ("pipeline/models/report.py", "pipeline/models/ablation_report.py", "pipeline/train/synthetic.py",
+                 "pipeline/launch/dag.py"):
         with open(repo / code, "a") as f:
             f.write("\n# edited\n")  # code no stage runs
     assert _stale(repo, env) == set()
@@ -248,6 +263,12 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
     transfer = {n for n in stages if n.startswith(TRANSFER)}
     assert _stale(repo, env) == training | transfer | {"report"}  # Fig. 1 measures the model
     model.write_text(source)
+    ablations = {n for n in stages if n.startswith("ablation_")}
+    variants = repo / "pipeline/models/ablations/variants.py"
+    source = variants.read_text()
+    variants.write_text(source + "\n# edited\n")  # the ablations' code: their stages only, no main stage
+    assert _stale(repo, env) == ablations
+    variants.write_text(source)
 
     # the conversion's code: the conversion alone (its betons come out byte-identical, and
     # training does not import it)
@@ -257,12 +278,13 @@ def test_no_result_knob_leaves_dvc_status_clean_and_code_edits_stale_their_stage
     assert _stale(repo, env) == {"convert_imagenet"}
     conversion.write_text(source)
 
-    # one recipe value of the profile that runs: the 9 pretraining stages; a fine-tune's init_from:
+    # one recipe value of the profile that runs: the 9 pretraining stages and the ablations trained
+    # with the same recipe; a fine-tune's init_from:
     # that fine-tune, whose upstream stage (and SLURM job key) follow
     key = stage_key(repo, "finetune_hiri_s_768")
     _edit(repo, lambda p: (p["train"]["builtin"].update(epochs=3),
                            p["finetune"]["runs"]["hiri_s_768"].update(init_from="hiri_s_384")))
-    assert _stale(repo, env) == {n for n in training if n.startswith("train_")} | {"finetune_hiri_s_768"}
+    assert _stale(repo, env) == {n for n in training if n.startswith(("train_", "ablation_"))} | {"finetune_hiri_s_768"}
     resolved = load_stages(repo)
     assert upstream(resolved, "finetune_hiri_s_768") == ["convert_imagenet", "train_hiri_s_384"]
     assert stage_key(repo, "finetune_hiri_s_768", resolved) != key

@@ -1,7 +1,8 @@
 """The training stages under the real DVC, in a temporary copy of the repo (tiny built-in set and
 schedule, the real hiri_vit_s at 448 and 768): kill `dvc repro` mid-epoch and rerun it (resumes),
 metrics / plots / MLflow run, a second repro does nothing, one param reruns one stage, and
-fine-tuning starts from the 448 weights."""
+fine-tuning starts from the 448 weights. Then, on the same data, one ablation row (Table 8) as a
+new user tries it: its stage, its MLflow run beside the paper's row, its row in `dvc repro report`."""
 from __future__ import annotations
 
 import fcntl
@@ -22,8 +23,8 @@ KEYS = {"top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "ema_m
         "gflops", "throughput"}
 
 
-@pytest.fixture()
-def repo(tmp_path):
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
     def tiny(p):
         p["data"]["builtin"].update(num_classes=2, train_per_class=8, val_per_class=2, v2_per_class=2,
                                     min_side=64, max_side=96)
@@ -33,10 +34,11 @@ def repo(tmp_path):
                                      throughput_batch=1, throughput_iters=1)
         p["finetune"]["builtin"].update(max_steps_per_epoch=1, batch_size=2, micro_batch_size=2, eval_batch_size=2,
                                         throughput_batch=1, throughput_iters=1)
+        p["report"]["fig1"].update(hiri_resolutions=[224], swin_resolutions=[224], warmup=0, repeats=1)
 
     # the default store (mlflow.db at the copy's root); DS_ACCELERATOR: the stage must set it itself
     env = repo_env(SHELL="/bin/bash", MLFLOW_TRACKING_URI=None, DS_ACCELERATOR=None)
-    return copy_repo(tmp_path / "repo", tiny), env
+    return copy_repo(tmp_path_factory.mktemp("dvc_train") / "repo", tiny), env
 
 
 def _status(repo: Path, env: dict) -> set[str]:
@@ -135,3 +137,33 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     timing = {"throughput"}
     redone = json.loads((repo / "metrics" / f"{stage}.json").read_text())
     assert {k: v for k, v in redone.items() if k not in timing} == {k: v for k, v in metrics.items() if k not in timing}
+
+def test_ablation_stage_runs_beside_its_paper_row_and_fills_table_8(repo):
+    """The issue's acceptance at tiny scale: `dvc repro ablation_t8_hr_hr_t_t_t` trains the row's
+    model with the pretraining recipe (EMA distillation on, as Table 8's rows), on the data the
+    test above made; its MLflow run lands in table8-blocks beside the paper's row; `dvc repro
+    report` puts it in Table 8."""
+    repo, env = repo
+    stage = "ablation_t8_hr_hr_t_t_t"
+    out = run([DVC, "repro", stage], repo, env)
+    assert f"Running stage '{stage}'" in out and "Running stage 'train_" not in out
+    metrics = json.loads((repo / "metrics" / f"{stage}.json").read_text())
+    assert set(metrics) == KEYS and metrics["params_m"] > 30 and metrics["ema_map_top1"] is not None
+    assert [r["epoch"] for r in json.loads((repo / "plots" / f"{stage}.json").read_text())] == [1, 2]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("table8-blocks").experiment_id])
+    (paper,) = [r for r in runs if r.data.tags.get("source") == "paper"]
+    (ours,) = [r for r in runs if r is not paper]
+    assert paper.data.tags["paper_row_id"] == "table8/hr-hr-t-t-t@448" and paper.data.metrics["top1"] == 84.3
+    assert ours.info.run_name == "hiri_vit_s_blocks_hr_hr_t_t_t@448" and ours.data.tags["dvc_stage"] == stage
+    assert ours.data.params["run.distill"] == "True" and ours.data.params["recipe.ema.alpha"] == str(
+        yaml.safe_load((repo / "params.yaml").read_text())["train"]["builtin"]["ema"]["alpha"])
+    assert ours.data.params["section"] == "ablation"
+
+    out = run([DVC, "repro", "report"], repo, env)
+    assert "Running stage 'report'" in out and f"Running stage '{stage}'" not in out
+    md = (repo / "reports" / "paper_vs_ours.md").read_text()
+    assert f"| HR-HR-T-T-T @448 | `{stage}` | Top-1 (%) | 84.3 | {metrics['top1']:.1f} |" in md

@@ -95,6 +95,17 @@ def test_finetune_chained_behind_its_448_stage_in_one_launch(repo):
     assert spec.init_weights == Path(rec["staged"]) / "out" / "model.pt"
 
 
+def test_table_sweep_submits_one_job_per_row(repo):
+    """`--table 8`: Table 8's three ablation stages and train_hiri_s_448 (its HIRI-ViT-S row), one
+    SLURM job each, side by side (tests/test_launch_sweep.py: only the stale ones, the plan)."""
+    rows = ["ablation_t8_hr_hr_hr_hr_t", "ablation_t8_hr_hr_hr_t_t", "ablation_t8_hr_hr_t_t_t", "train_hiri_s_448"]
+    before = _queue()
+    out = _launch(repo, "--table", "8")
+    assert out.returncode == 0, out.stderr
+    assert sorted(line.split()[1] for line in _queue() if line not in before) == rows
+    assert "then: dvc repro " + " ".join(rows) in out.stdout and "(after" not in out.stdout
+
+
 def _shorten(repo: Path) -> None:
     """The built-in schedule cut to one epoch of 3 steps: the whole path, in a minute or two."""
     params = (repo / "params.yaml").read_text()

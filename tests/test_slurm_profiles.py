@@ -61,8 +61,9 @@ def test_time_formats():
 
 
 def test_stage_kinds():
-    assert [stage_kind(s) for s in ("convert_imagenet", "train_hiri_s_448", "finetune_hiri_b_768", "coco_retinanet_hiri_s")] \
-        == ["conversion", "pretraining", "finetuning", "transfer"]
+    stages = ("convert_imagenet", "train_hiri_s_448", "finetune_hiri_b_768", "coco_retinanet_hiri_s",
+              "ablation_t8_hr_hr_t_t_t")
+    assert [stage_kind(s) for s in stages] == ["conversion", "pretraining", "finetuning", "transfer", "pretraining"]
 
 
 def test_params_launcher_slurm_validates_profile(tmp_path):

@@ -2,6 +2,11 @@
 
     python -m pipeline.launch train_hiri_s_448 train_hiri_s_224      # submit, return at once
     dvc repro train_hiri_s_448 train_hiri_s_224                      # attach, wait, collect outputs
+    python -m pipeline.launch --table 8                              # a whole table: one job per row
+
+A table's stages are those its paper rows name (`stage:` in pipeline/tracking/paper/table<N>.yaml):
+Table 8 is its three ablation stages and train_hiri_s_448 (its HIRI-ViT-S row); the command prints
+the `dvc repro` line that attaches to them.
 
 Independent stages (S, B, L) run side by side; a stage whose upstream is also submitted waits for
 it with --dependency=afterok. Each job is recorded under its stage key (pipeline.launch.stagekey),
@@ -10,7 +15,7 @@ again, and so does a second `dvc repro` after the login shell died. Everything i
 profile, live partition limits) before the first sbatch; if an sbatch still fails, the jobs this
 command already submitted are cancelled, so nothing half-submitted is left behind.
 
-Only the training stages (train_*, finetune_*) run as SLURM jobs; a stale upstream stage of
+Only the training stages (train_*, finetune_*, ablation_*) run as SLURM jobs; a stale upstream stage of
 another kind (prepare_data, convert_imagenet) must be reproduced first (`dvc repro convert_imagenet`).
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ from . import cluster, slurm
 from .cluster import SubmissionError
 from .stagekey import load_stages, stage_key, upstream
 
-LAUNCHED = ("train_", "finetune_")
+LAUNCHED = ("train_", "finetune_", "ablation_")
 
 
 class LaunchPlanError(RuntimeError):
@@ -70,6 +75,19 @@ def _spec(params, stage: str, root: Path, plan: list[str], stages: dict):
         if up in plan:
             init = slurm.staged_dir(root, up, stage_key(root, up, stages)) / "out" / "model.pt"
     return make_spec(params, kind, key, repo_root=root, init_weights=init)
+
+
+def table_stages(table: int) -> list[str]:
+    """The DVC stages that reproduce Table `table`'s rows, in the paper's row order."""
+    from pipeline.tracking.paper_tables import load_tables
+
+    tables = {t.table: t for t in load_tables()}
+    if table not in tables:
+        raise LaunchPlanError(f"no Table {table} in the paper data (tables: {sorted(tables)})")
+    stages = list(dict.fromkeys(r.stage for r in tables[table].rows if r.stage))
+    if not stages:
+        raise LaunchPlanError(f"no stage of ours reproduces a row of Table {table}")
+    return stages
 
 
 def _pending(rec: dict) -> bool:
@@ -125,16 +143,22 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("targets", nargs="+", help="DVC stages, e.g. train_hiri_s_448")
+    ap.add_argument("targets", nargs="*", help="DVC stages, e.g. train_hiri_s_448")
+    ap.add_argument("--table", type=int, action="append", default=[], metavar="N",
+                    help="every stage of Table N's rows (repeatable), e.g. --table 8")
     args = ap.parse_args(argv)
     from pipeline.config import ParamsError
     from pipeline.launch.profiles import ProfileError
+    from pipeline.tracking.paper_tables import PaperDataError
     from .stage import StageError
 
     try:
-        launch(args.targets)
-    except (LaunchPlanError, SubmissionError, ParamsError, ProfileError, StageError, KeyError) as err:
+        targets = list(dict.fromkeys(args.targets + [s for t in args.table for s in table_stages(t)]))
+        if not targets:
+            ap.error("name DVC stages or --table N")
+        launch(targets)
+    except (LaunchPlanError, SubmissionError, ParamsError, PaperDataError, ProfileError, StageError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("then: dvc repro " + " ".join(args.targets) + "   (attaches to these jobs)")
+    print("then: dvc repro " + " ".join(targets) + "   (attaches to these jobs)")
     return 0

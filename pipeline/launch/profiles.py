@@ -142,7 +142,7 @@ def stage_kind(stage: str) -> str:
     """Which profile entry a DVC stage uses."""
     if stage in ("prepare_data", "convert_imagenet"):
         return "conversion"
-    if stage.startswith("train_"):
+    if stage.startswith(("train_", "ablation_")):  # the ablations are pretraining runs (Tables 7-9)
         return "pretraining"
     if stage.startswith("finetune_"):
         return "finetuning"

@@ -18,7 +18,7 @@ from torch import nn
 from pipeline.tracking import paper_tables
 
 from . import ablations  # noqa: F401  (registers the models)
-from .ablations import ROWS
+from .ablations import ROWS, create_row_model
 from .ablations import variants as V
 from .ablations.net import StagedNet, StageSpec
 from .ablations.other_backbones import FRONT_WIDTH
@@ -33,20 +33,10 @@ PARAMS_TOLERANCE = 0.02
 GFLOPS_TOLERANCE = 0.05
 # Rows no faithful reading reaches; docs/ablations.md explains each ("Gaps").
 KNOWN_GAPS = {(8, 1): "Table 8 row 1: the paper's counts fit no block swap (see Gaps)"}
-TIMM_BASELINES = ("hrnet_w18", "pvt_v2_b2", "davit_tiny")
-# Table 9's models are timm's classes; they take no img_size (their default cfg says 224 or 448).
-TABLE9_MODELS = TIMM_BASELINES + ("hrnet_w18_hiri", "pvt_v2_b2_hiri", "davit_tiny_hiri")
 
 
 def paper_rows() -> dict[tuple[int, int], paper_tables.PaperRow]:
     return {(r.table, r.index): r for r in paper_tables.all_rows() if r.table in TABLES}
-
-
-def build(model: str, img_size: int) -> nn.Module:
-    """A row's model as the stages would build it (Table 9's timm classes at their default cfg)."""
-    if model in TABLE9_MODELS:
-        return timm.create_model(model)
-    return timm.create_model(model, img_size=img_size)
 
 
 def count(model: nn.Module, img_size: int, in_chans: int = 3) -> tuple[float, float]:
@@ -56,7 +46,7 @@ def count(model: nn.Module, img_size: int, in_chans: int = 3) -> tuple[float, fl
 def measure() -> dict[tuple[int, int], tuple[float, float]]:
     out = {}
     for key, row in ROWS.items():
-        out[key] = count(build(row.model, row.img_size), row.img_size)
+        out[key] = count(create_row_model(row.model, row.img_size), row.img_size)  # as its stage builds it
         print(f"  counted table {key[0]} row {key[1]}: {row.model} @ {row.img_size}", flush=True)
     return out
 
@@ -151,6 +141,23 @@ def within(key: tuple[int, int], ours: tuple[float, float], paper: dict) -> bool
     return abs(ours[0] / pr["params_m"] - 1) <= PARAMS_TOLERANCE and abs(ours[1] / pr["gflops"] - 1) <= GFLOPS_TOLERANCE
 
 
+def stage_lines(paper: dict) -> list[str]:
+    """Which DVC stage trains each row, and with or without EMA distillation (params.yaml)."""
+    from pipeline.config import load_params
+
+    runs = {f"ablation_{k}": r for k, r in load_params().ablation.runs.items()}
+    md = ["## The rows as DVC stages", "",
+          "Each row trains as a stage (docs/training.md, \"Ablation stages\"), the paper data naming it; the",
+          "HIRI-ViT-S rows are the main stage. Recipe: the profile's pretraining recipe, EMA distillation",
+          "switched per run (`ablation.runs` in params.yaml).", "",
+          "| table | row | paper's model | stage | EMA distillation |", "| ---: | ---: | --- | --- | --- |"]
+    for key in ROWS:
+        stage = paper[key].stage
+        distill = "yes (the main recipe)" if stage not in runs else ("yes" if runs[stage].distill else "no")
+        md.append(f"| {key[0]} | {key[1]} | {paper[key].network} | `{stage}` | {distill} |")
+    return md + [""]
+
+
 def render(measured, paper, alts, irds_deltas, block_costs, four224, two224) -> str:
     md = [
         "# Ablations (Tables 7, 8, 9): our models beside the paper",
@@ -186,8 +193,8 @@ def render(measured, paper, alts, irds_deltas, block_costs, four224, two224) -> 
     r2 = paper[(8, 2)].values
     r1 = paper[(8, 1)].values
     need_p, need_g = r2["params_m"] - r1["params_m"], r2["gflops"] - r1["gflops"]
+    md += [""] + stage_lines(paper)
     md += [
-        "",
         "## Table 7: how each row is built",
         "",
         "Section 5.4 builds HIRI-ViT-S from a four-stage M-ViT one change per row; the text fixes the kind",

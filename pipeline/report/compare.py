@@ -1,5 +1,6 @@
 """Paper value, ours, difference: one line per (paper row, metric) for every row a stage of ours
-reproduces (the HIRI-ViT rows of Tables 2-6, and the full HIRI-ViT-S rows of Tables 7-8)."""
+reproduces (the HIRI-ViT rows of Tables 2-6, and every row of Tables 7-9: HIRI-ViT-S's by the
+main stage, the others by the ablation stages)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

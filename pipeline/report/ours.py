@@ -11,7 +11,7 @@ import yaml
 
 # Stage kinds whose metrics the paper's tables cover; other metrics files (data stages) are not ours
 # to compare and do not trigger the report.
-COMPARED_PREFIXES = ("train_", "finetune_", "coco_", "ade20k_")
+COMPARED_PREFIXES = ("train_", "finetune_", "coco_", "ade20k_", "ablation_")
 
 
 @dataclass(frozen=True)

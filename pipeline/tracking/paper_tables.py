@@ -166,6 +166,16 @@ def all_rows(paper_dir: Path = PAPER_DIR) -> list[PaperRow]:
     return [r for t in load_tables(paper_dir) for r in t.rows]
 
 
+def stage_row(stage: str, paper_dir: Path = PAPER_DIR) -> PaperRow:
+    """The one paper row that DVC stage `stage` reproduces (an ablation stage: its table and row);
+    PaperDataError if none or several name it (train_hiri_s_448 fills three tables' rows)."""
+    rows = [r for r in all_rows(paper_dir) if r.stage == stage]
+    if len(rows) != 1:
+        raise PaperDataError(f"{len(rows)} paper rows name stage {stage!r} ({[r.source for r in rows]}); "
+                             f"an ablation stage reproduces exactly one (`stage:` in pipeline/tracking/paper/)")
+    return rows[0]
+
+
 def load_fig1(paper_dir: Path = PAPER_DIR) -> list[dict]:
     return yaml.safe_load((Path(paper_dir) / "fig1.yaml").read_text())["points"]
 

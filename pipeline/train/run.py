@@ -15,19 +15,20 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Params, RecipeParams, TrainRun
+from pipeline.config import AblationRun, Params, RecipeParams, TrainRun
 
 from .checkpoint import seed_all, sha256_file
 
 METRIC_KEYS = ("top1", "top5", "v2_top1", "ema_top1", "ema_top5", "ema_v2_top1", "ema_map_top1", "ema_map_agreement",
                "params_m", "gflops", "throughput")
+# an ablation run logs to the experiment of the table its paper row is in (table7-ablation, ...)
 EXPERIMENTS = {"train": "table2-imagenet", "finetune": "table3-imagenet-768"}
 
 
 @dataclass
 class RunSpec:
-    kind: str  # "train" | "finetune"
-    key: str  # the run's key under train.runs / finetune.runs, e.g. hiri_s_448
+    kind: str  # "train" | "finetune" | "ablation"
+    key: str  # the run's key under train.runs / finetune.runs / ablation.runs, e.g. hiri_s_448
     params: Params
     repo_root: Path
     ffcv_dir: Path
@@ -41,6 +42,10 @@ class RunSpec:
     # "module:function" returning a pipeline.train.data.TrainData; tests use small in-memory sets
     data_factory: str | None = None
     data_overrides: dict = field(default_factory=dict)  # backend / num_workers for ProjectData
+    # "module:function" building the model from (name, img_size, num_classes, drop_path_rate), for
+    # models that timm.create_model(name, img_size=, ...) cannot build or whose import registers
+    # them in the worker (the ablations: pipeline.models.ablations:create_row_model); None = that call
+    model_factory: str | None = None
 
     @property
     def stage(self) -> str:
@@ -52,13 +57,22 @@ class RunSpec:
 
     @property
     def recipe(self) -> RecipeParams:
+        if self.kind == "ablation":  # the pretraining recipe, with the run's EMA distillation switch
+            return self.run.recipe(self.params.train.recipe(self.params.profile))
         section = self.params.train if self.kind == "train" else self.params.finetune
         return section.recipe(self.params.profile)
 
     @property
-    def run(self) -> TrainRun:
-        section = self.params.train if self.kind == "train" else self.params.finetune
-        return section.run(self.key)
+    def run(self) -> TrainRun | AblationRun:
+        return self.params.training_run(self.kind, self.key)
+
+    @property
+    def experiment(self) -> str:
+        if self.kind == "ablation":
+            from pipeline.tracking.paper_tables import stage_row
+
+            return stage_row(self.stage).experiment
+        return EXPERIMENTS[self.kind]
 
     @property
     def run_name(self) -> str:
@@ -75,10 +89,15 @@ class RunSpec:
         return fp
 
 
+def _resolve(factory: str):
+    """The function a "module:function" string names (importing the module)."""
+    module, _, fn = factory.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
 def build_data(spec: RunSpec):
     if spec.data_factory:
-        module, _, fn = spec.data_factory.partition(":")
-        return getattr(importlib.import_module(module), fn)(spec)
+        return _resolve(spec.data_factory)(spec)
     from .data import ProjectData
 
     return ProjectData(spec.params, spec.run.img_size, spec.ffcv_dir, **spec.data_overrides)
@@ -90,8 +109,12 @@ def build_model(spec: RunSpec, num_classes: int):
     import pipeline.models  # noqa: F401 - registers hiri_vit_* with timm
 
     run, recipe = spec.run, spec.recipe
-    model = timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes,
-                              drop_path_rate=run.drop_path_rate * recipe.drop_path_scale)
+    drop_path_rate = None if run.drop_path_rate is None else run.drop_path_rate * recipe.drop_path_scale
+    if spec.model_factory:
+        model = _resolve(spec.model_factory)(run.model, run.img_size, num_classes, drop_path_rate)
+    else:
+        model = timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes,
+                                  drop_path_rate=drop_path_rate)
     if spec.init_weights is not None:
         # The student: the model the loss trained at 448; the 768 run's own EMA teacher starts from it too.
         state = torch.load(spec.init_weights, map_location="cpu", weights_only=True)
@@ -121,7 +144,7 @@ def train_worker(spec: RunSpec) -> dict | None:
 def _train_worker(spec: RunSpec) -> dict | None:
     from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, watch_launcher
 
-    from pipeline.models.hiri_vit import model_file
+    from pipeline.models.hiri_vit import HiriViT, model_file
 
     from .checkpoint import CheckpointStore, atomic_torch_save
     from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
@@ -166,8 +189,13 @@ def _train_worker(spec: RunSpec) -> dict | None:
         metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log,
                                 val_batches=val, student_val=trainer.final_val)
         spec.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(model_file(student, teacher.module, run.model, data.num_classes, spec.stage),
-                          spec.out_dir / "model.pt")
+        if isinstance(student, HiriViT):
+            weights = model_file(student, teacher.module, run.model, data.num_classes, spec.stage)
+        else:  # a Table 9 timm backbone: timm's checkpoint keys, and no stem stride to record
+            weights = {"state_dict": student.state_dict(), "state_dict_ema": teacher.module.state_dict(),
+                       "arch": run.model, "img_size": run.img_size, "num_classes": data.num_classes,
+                       "stage": spec.stage}
+        atomic_torch_save(weights, spec.out_dir / "model.pt")
         write_outputs(spec, metrics, history)
         if tracker is not None:
             tracker.log_metrics(metrics, step=trainer.state.step)
@@ -189,7 +217,8 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
     not recomputed; None evaluates it here, e.g. in a rerun that resumed after the last epoch)."""
     from .evaluate import accuracy, count_params_m, gflops, throughput
 
-    out: dict[str, float] = {}
+    # A model without a dense head (Table 9's timm backbones) has no teacher map to read: null.
+    out: dict[str, float] = {"ema_map_top1": float("nan"), "ema_map_agreement": float("nan")}
     for split, prefix_keys in (("val", ("top1", "top5")), ("v2", ("v2_top1",))):
         batches = val_batches if split == "val" and val_batches is not None else \
             data.evaluation(split, recipe.eval_batch_size)
@@ -200,7 +229,7 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
                 continue
             # The teacher's own map on val: how far AvgPool(softmax(P)), the distillation target,
             # is the teacher's prediction (docs/training.md, "The teacher's map").
-            teacher_map = who == "ema_" and split == "val"
+            teacher_map = who == "ema_" and split == "val" and hasattr(model, "dense_head")
             reuse = who == "" and split == "val" and student_val is not None
             acc = student_val if reuse else accuracy(model, batches, device, precision, teacher_map=teacher_map)
             out[who + prefix_keys[0]] = acc.top1
@@ -273,7 +302,7 @@ def _open_tracker(spec: RunSpec, log):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
-    tracker = Tracker(EXPERIMENTS[spec.kind], spec.run_name, tags, uri=tracking_uri(spec.repo_root),
+    tracker = Tracker(spec.experiment, spec.run_name, tags, uri=tracking_uri(spec.repo_root),
                       run_id=resume_id, warn=log, note=log)
     run_id = tracker.start()
     if run_id is not None:
@@ -286,12 +315,10 @@ def _open_tracker(spec: RunSpec, log):
         id_file.write_text(run_id)
         if run_id != resume_id:
             p = spec.params
-            section = p.train if spec.kind == "train" else p.finetune
             tracker.log_params(flatten({"profile": p.profile, "recipe": spec.recipe.model_dump(mode="json"),
                                         "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
                                         "launch": p.launch.model_dump(mode="json"),
-                                        "data": p.data.model_dump(mode="json"),
-                                        "section": "train" if section is p.train else "finetune"}))
+                                        "data": p.data.model_dump(mode="json"), "section": spec.kind}))
     return tracker
 
 

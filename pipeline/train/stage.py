@@ -1,5 +1,7 @@
 """A training stage's run from params.yaml and a run key (launched by pipeline.launch.stage),
-with outputs at the paths dvc.yaml declares.
+with outputs at the paths dvc.yaml declares. Kinds: train_<key>, finetune_<key>, and the
+ablations' ablation_<key> (Tables 7-9: pretraining runs of the models pipeline.models.ablations
+registers, which the worker imports through the run's model factory).
 
     outputs/<stage>/model.pt          final student + EMA weights (DVC out)
     metrics/<stage>.json              final metrics (DVC metrics)
@@ -17,18 +19,23 @@ from pipeline.launch.stage import StageError
 
 from .run import RunSpec
 
+# Named, not imported: the main training stages neither run nor depend on the ablations' code.
+ABLATION_MODELS = "pipeline.models.ablations:create_row_model"
+
 
 def make_spec(params: Params, kind: str, key: str, repo_root: str | Path = ".", init_weights: Path | None = None,
               **extra) -> RunSpec:
     """The run of stage `<kind>_<key>`. A fine-tuning run starts from its 448 stage's model.pt, which
     must exist, unless `init_weights` names where an upstream job will have written it (a chain
     submitted at once by `python -m pipeline.launch`)."""
-    if kind not in ("train", "finetune"):
-        raise ValueError(f"kind must be 'train' or 'finetune', got {kind!r}")
     root = Path(repo_root).resolve()
-    section = params.train if kind == "train" else params.finetune
-    run = section.run(key)  # KeyError naming the known runs
+    run = params.training_run(kind, key)  # ValueError naming the kinds, KeyError naming the known runs
     stage = f"{kind}_{key}"
+    if kind == "ablation":
+        from pipeline.tracking.paper_tables import stage_row
+
+        stage_row(stage)  # its paper row (and so its MLflow experiment) exists: PaperDataError otherwise
+        extra.setdefault("model_factory", ABLATION_MODELS)
     init = None
     if kind == "finetune" and init_weights is not None:
         init = Path(init_weights)

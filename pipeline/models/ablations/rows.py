@@ -1,4 +1,5 @@
-"""Which model, at which resolution, reproduces each row of Tables 7, 8 and 9.
+"""Which model, at which resolution, reproduces each row of Tables 7, 8 and 9, and how a stage
+builds it.
 
 Keyed by (table, 1-based row) as in pipeline/tracking/paper/table{7,8,9}.yaml. Rows that are the
 same architecture share a model rather than copying it: Table 7 row 7 is row 6's model at 448,
@@ -8,6 +9,9 @@ row 4 is HIRI-ViT-S.
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import timm
+from torch import nn
 
 
 class RowModel(NamedTuple):
@@ -38,3 +42,21 @@ ROWS: dict[tuple[int, int], RowModel] = {
     (9, 5): RowModel("davit_tiny", 224),
     (9, 6): RowModel("davit_tiny_hiri", 448),
 }
+
+TIMM_BASELINES = ("hrnet_w18", "pvt_v2_b2", "davit_tiny")
+# Table 9's models are timm's classes (ours subclass them): they take no img_size, and run at any
+# input whose side their total stride divides (no position embedding fixes a grid).
+TABLE9_MODELS = TIMM_BASELINES + ("hrnet_w18_hiri", "pvt_v2_b2_hiri", "davit_tiny_hiri")
+
+
+def create_row_model(model: str, img_size: int, num_classes: int = 1000,
+                     drop_path_rate: float | None = None) -> nn.Module:
+    """A row's model as its stage trains it: timm.create_model with the keywords the model takes.
+    drop_path_rate None = not passed (HRNet has no stochastic depth: timm refuses the keyword)."""
+    if not timm.is_model(model):
+        raise ValueError(f"no timm model {model!r}; the ablation rows' models: "
+                         f"{sorted({r.model for r in ROWS.values()})}")
+    kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    if model not in TABLE9_MODELS:
+        kwargs["img_size"] = img_size
+    return timm.create_model(model, num_classes=num_classes, **kwargs)
