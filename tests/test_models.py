@@ -4,7 +4,7 @@ import timm
 import torch
 
 import pipeline.models  # noqa: F401  (registers the models)
-from pipeline.models.deploy import fold_batchnorm
+from pipeline.models.deploy import fold_batchnorm, inference_model
 from pipeline.models.flops import attention_gflops, count_gflops
 from pipeline.models.report import PAPER_GFLOPS, PAPER_PARAMS_M, GFLOPS_TOLERANCE, PARAMS_TOLERANCE
 
@@ -132,6 +132,37 @@ def test_folding_the_stride_2_stem():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         ref, out = model(x), fold_batchnorm(model)(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_other_models_fold_by_tracing():
+    """A timm ResNet's BatchNorms (attributes beside their convs, not in our three places) are
+    fused through torch.fx; the result computes the same."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    _randomise_batchnorm(model)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
+    torch.manual_seed(0)
+    model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).train()
+    _randomise_batchnorm(model)
+    deployed = inference_model(model)
+    assert not deployed.training and not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    assert deployed.stem.conv1[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    # the model handed in is left as it was: training mode, BatchNorm, NCHW weights
+    assert model.training and isinstance(model.stem.norm, torch.nn.BatchNorm2d)
+    assert model.stem.conv1[0][0].weight.is_contiguous()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        out = deployed(x.contiguous(memory_format=torch.channels_last))
     assert ((out - ref).norm() / ref.norm()).item() < 1e-5
 
 

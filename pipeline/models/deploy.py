@@ -8,7 +8,11 @@ convolution operation to speedup inference". In our blocks each BN is in one of 
   each branch (scale both, add the shift once);
 - in front of a CFFN's first 1x1 conv (the pre-norm): folded into that 1x1 conv.
 
-After folding the model holds no BatchNorm and computes the same function (eval mode).
+After folding the model holds no BatchNorm and computes the same function (eval mode). Other
+models (the timm baselines bench/throughput.py sets beside ours) fold by torch.fx's conv-BN fusion.
+
+`inference_model` is what a user deploys and what the `throughput` metric and bench/throughput.py
+time: BatchNorm folded, channels_last weights, optionally torch.compile.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import CFFN, HRStem
@@ -55,9 +60,17 @@ def _fold_sequential(seq: nn.Sequential) -> None:
             seq[i + 1] = nn.Identity()
 
 
+def _batchnorms(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Return `model` (a copy unless `inplace`) in eval mode with every BatchNorm folded away."""
+    """Return `model` (a copy unless `inplace`) in eval mode with every BatchNorm folded away.
+
+    HIRI-ViT's three places are folded in its own modules (the result is still a HiriViT, with
+    every timm method); a model whose BatchNorms are elsewhere (a timm ResNet) is traced by torch.fx
+    and its conv-BN pairs fused, which returns a GraphModule."""
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -72,7 +85,20 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
             _scale_conv_out(module.high[-1], scale, shift)
             _scale_conv_out(module.low[-1], scale, None)
             module.norm = nn.Identity()
-    left = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if _batchnorms(model):
+        model = fx_fuse_conv_bn(model, inplace=True)  # only conv -> BN pairs of the traced graph
+    left = _batchnorms(model)
     if left:
         raise RuntimeError(f"BatchNorm layers left unfolded: {left}")
     return model
+
+
+def inference_model(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """A copy of `model` as one would deploy it: eval mode, BatchNorm folded, weights in
+    channels_last (oneDNN's and cuDNN's fast convolution, BatchNorm and elementwise kernels are
+    NHWC ones; HIRI-ViT's high-resolution stages are mostly such kernels), and, if asked,
+    torch.compile'd. Feed it channels_last batches (pipeline.train.evaluate.timed_forward does)."""
+    model = fold_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
