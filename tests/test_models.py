@@ -4,7 +4,7 @@ import timm
 import torch
 
 import pipeline.models  # noqa: F401  (registers the models)
-from pipeline.models.deploy import fold_batchnorm, inference_model
+from pipeline.models.deploy import fold_batchnorm, fold_identities, inference_model
 from pipeline.models.flops import attention_gflops, count_gflops
 from pipeline.models.report import PAPER_GFLOPS, PAPER_PARAMS_M, GFLOPS_TOLERANCE, PARAMS_TOLERANCE
 
@@ -150,6 +150,7 @@ def test_other_models_fold_by_tracing():
 
 
 def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
+    """BatchNorm and identities folded, NHWC weights; the model handed in stays as it was."""
     torch.manual_seed(0)
     model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).train()
     _randomise_batchnorm(model)
@@ -164,6 +165,36 @@ def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
         ref = model.eval()(x)
         out = deployed(x.contiguous(memory_format=torch.channels_last))
     assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("name, res", [("hiri_vit_s", 448), ("hiri_vit_b", 224)])
+def test_identities_fold_into_the_depthwise_kernels(name, res):
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=res, num_classes=10).eval()
+    _randomise_batchnorm(model)
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, res, res)
+    with torch.no_grad():
+        ref = folded(x)
+        out = fold_identities(folded)(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+    kinds = {type(m).__name__ for m in folded.modules()}
+    assert {"_FoldedCFFN", "_FoldedHRBlock"} <= kinds and not {"CFFN", "HRBlock"} & kinds
+    with pytest.raises(ValueError, match="BatchNorm folded"):
+        fold_identities(timm.create_model(name, img_size=res).eval())
+
+
+def test_folded_hr_block_on_an_odd_map():
+    from pipeline.models.blocks import HRBlock
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(HRBlock(8, 2.0)).eval()
+    _randomise_batchnorm(block)
+    x = torch.randn(1, 8, 7, 9)
+    with torch.no_grad():
+        ref = block(x)
+        out = fold_identities(fold_batchnorm(block))(x)
+    assert out.shape == ref.shape and ((out - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_wrong_channel_count_is_a_clear_error():
