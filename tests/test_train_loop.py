@@ -1,5 +1,6 @@
 """Whole training runs of the real hiri_vit_s (at 224, on a tiny synthetic set) through submitit:
-NaN handling, and SIGKILL + resume giving the same weights as an uninterrupted run."""
+NaN handling, and SIGKILL + resume giving the same weights as an uninterrupted run (the resumed
+run logging to a real MLflow tracking server)."""
 import json
 import os
 import subprocess
@@ -62,7 +63,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
     # Same run, SIGKILLed (the launcher only, as when `dvc repro` is killed) once a mid-epoch
     # checkpoint of epoch 2 is complete, then started again; both report to a real tracking
-    # server on loopback, as a cluster's stages do (README, "Tracking")
+    # server on loopback, as a cluster's stages do (README, "Tracking on a cluster")
     with mlflow_server(tmp_path / "mlflow-server") as uri:
         env_b = {**env, "MLFLOW_TRACKING_URI": uri}
         victim = _driver(b, cfg, env_b)
