@@ -150,6 +150,15 @@ def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
     _assert_same_function(model.eval(), deployed, torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
 
 
+def test_inference_model_reparameterises_a_repvgg_style_baseline_the_timm_way():
+    torch.manual_seed(0)
+    model = timm.create_model("mobileone_s0", num_classes=10).eval()
+    _randomise_batchnorm(model)
+    deployed = inference_model(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    _assert_same_function(model, deployed, torch.randn(2, 3, 64, 64))
+
+
 @pytest.mark.parametrize("name, res", [("hiri_vit_s", 448), ("hiri_vit_b", 224)])
 def test_identities_fold_into_the_depthwise_kernels(name, res):
     torch.manual_seed(0)

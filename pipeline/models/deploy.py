@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from timm.models import reparameterize_model
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -146,11 +147,14 @@ def fold_identities(model: nn.Module) -> nn.Module:
 
 
 def inference_model(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """A copy of `model` as one would deploy it: eval mode, BatchNorm and identities folded, weights in
-    channels_last (oneDNN's and cuDNN's fast convolution, BatchNorm and elementwise kernels are
-    NHWC ones; HIRI-ViT's high-resolution stages are mostly such kernels), and, if asked,
-    torch.compile'd. Feed it channels_last batches (pipeline.train.evaluate.timed_forward does)."""
-    model = fold_identities(fold_batchnorm(model))
+    """A copy of `model` as one would deploy it: eval mode; timm's own reparameterisation (the
+    `reparameterize()` of RepVGG-style baselines such as FastViT and MobileOne); BatchNorm and
+    identities folded; weights in channels_last (oneDNN's and cuDNN's fast convolution, BatchNorm
+    and elementwise kernels are NHWC ones; HIRI-ViT's high-resolution stages are mostly such
+    kernels); and, if asked, torch.compile'd. Feed it channels_last batches
+    (pipeline.train.evaluate.timed_forward does)."""
+    model = reparameterize_model(model).eval()  # a copy: the caller's model keeps its mode
+    model = fold_identities(fold_batchnorm(model, inplace=True))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile else model
