@@ -61,7 +61,7 @@ from pipeline.train.schedule import build_scheduler  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor peaks from NVIDIA's data sheets, TFLOP/s; first match wins.
 GPU_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
-                   ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0),
+                   ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("A10", 125.0),
                    ("L4", 121.0))
 PAPER_GPUS = 8  # Section 5.1: "over 8 V100 GPUs", batch size 1,024
 # the Table 2 rows the throughput rows stand beside (network names as in pipeline/tracking/paper/table2.yaml)
@@ -278,7 +278,13 @@ def _run_worker(cfg: Config, hold_at: int | None, timeout_s: float) -> None:
     """Run one worker, echoing its lines; with hold_at, SIGKILL it once it holds at its checkpoint."""
     proc = subprocess.Popen(_worker_cmd(cfg, hold_at), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    watchdog = threading.Timer(timeout_s, proc.kill)  # a hung worker prints nothing: kill it on a clock
+    timed_out = threading.Event()
+
+    def kill_late() -> None:  # a hung worker prints nothing: kill it on a clock
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(timeout_s, kill_late)
     watchdog.start()
     tail, held = [], False
     try:
@@ -292,8 +298,8 @@ def _run_worker(cfg: Config, hold_at: int | None, timeout_s: float) -> None:
         proc.wait()
     finally:
         watchdog.cancel()
-    if not held and proc.returncode == -signal.SIGKILL:
-        raise TimeoutError(f"worker killed after --timeout-s {timeout_s:.0f} s")
+    if timed_out.is_set():
+        raise TimeoutError(f"worker killed after --timeout-s {timeout_s:.0f} s:\n{''.join(tail)}")
     if held:
         print(f"  [smoke] worker SIGKILLed at step {hold_at}, its checkpoint on disk", flush=True)
         return
