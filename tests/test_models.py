@@ -4,7 +4,7 @@ import timm
 import torch
 
 import pipeline.models  # noqa: F401  (registers the models)
-from pipeline.models.deploy import fold_batchnorm
+from pipeline.models.deploy import fold_batchnorm, fold_identities, inference_model
 from pipeline.models.flops import attention_gflops, count_gflops
 from pipeline.models.report import PAPER_GFLOPS, PAPER_PARAMS_M, GFLOPS_TOLERANCE, PARAMS_TOLERANCE
 
@@ -113,26 +113,72 @@ def _randomise_batchnorm(model):
             m.bias.data.copy_(torch.rand(n, generator=gen) * 0.6 - 0.3)
 
 
-@pytest.mark.parametrize("name", SIZES)
-def test_folded_model_matches_original(name):
-    torch.manual_seed(0)
-    model = timm.create_model(name, img_size=448, num_classes=10).eval()
-    _randomise_batchnorm(model)
+def _assert_same_function(model, deployed, x) -> None:
+    with torch.no_grad():
+        ref, out = model(x), deployed(x)
+    assert out.shape == ref.shape and ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def _folded(model):
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(2, 3, 448, 448)
-    with torch.no_grad():
-        ref, out = model(x), folded(x)
-    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+    return folded
 
 
-def test_folding_the_stride_2_stem():
-    model = timm.create_model("hiri_vit_s", img_size=224, num_classes=10).eval()
+# HIRI-ViT S/B/L, the 224 model's stride-2 stem, and a timm ResNet, whose BatchNorms (attributes
+# beside their convs, not in our three places) are fused through torch.fx
+@pytest.mark.parametrize("name, res, x_res", [(n, 448, 448) for n in SIZES] + [("hiri_vit_s", 224, 224),
+                                                                               ("resnet18", 224, 64)])
+def test_folded_model_matches_original(name, res, x_res):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **({"img_size": res} if name.startswith("hiri") else {})).eval()
     _randomise_batchnorm(model)
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        ref, out = model(x), fold_batchnorm(model)(x)
-    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+    _assert_same_function(model, _folded(model), torch.randn(2, 3, x_res, x_res))
+
+
+def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
+    """BatchNorm and identities folded, NHWC weights; the model handed in stays as it was."""
+    torch.manual_seed(0)
+    model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).train()
+    _randomise_batchnorm(model)
+    deployed = inference_model(model)
+    assert not deployed.training and not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    assert deployed.stem.conv1[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    # the model handed in is left as it was: training mode, BatchNorm, NCHW weights
+    assert model.training and isinstance(model.stem.norm, torch.nn.BatchNorm2d)
+    assert model.stem.conv1[0][0].weight.is_contiguous()
+    _assert_same_function(model.eval(), deployed, torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+
+
+def test_inference_model_reparameterises_a_repvgg_style_baseline_the_timm_way():
+    torch.manual_seed(0)
+    model = timm.create_model("mobileone_s0", num_classes=10).eval()
+    _randomise_batchnorm(model)
+    deployed = inference_model(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    _assert_same_function(model, deployed, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("name, res", [("hiri_vit_s", 448), ("hiri_vit_b", 224)])
+def test_identities_fold_into_the_depthwise_kernels(name, res):
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=res, num_classes=10).eval()
+    _randomise_batchnorm(model)
+    folded = _folded(model)
+    _assert_same_function(model, fold_identities(folded), torch.randn(2, 3, res, res))
+    kinds = {type(m).__name__ for m in folded.modules()}
+    assert {"_FoldedCFFN", "_FoldedHRBlock"} <= kinds and not {"CFFN", "HRBlock"} & kinds
+    with pytest.raises(ValueError, match="BatchNorm folded"):
+        fold_identities(timm.create_model(name, img_size=res).eval())
+
+
+def test_folded_hr_block_on_an_odd_map():
+    from pipeline.models.blocks import HRBlock
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(HRBlock(8, 2.0)).eval()
+    _randomise_batchnorm(block)
+    _assert_same_function(block, fold_identities(_folded(block)), torch.randn(1, 8, 7, 9))
 
 
 def test_wrong_channel_count_is_a_clear_error():

@@ -67,3 +67,18 @@ def test_engine_start_builds_no_shm_op(one_rank):
     import importlib
 
     assert importlib.import_module("deepspeed.comm.torch").build_shm_op() is None
+
+
+def test_throughput_metric_times_the_deployed_copy_and_leaves_the_student_alone():
+    import timm
+
+    import pipeline.models  # noqa: F401
+    from pipeline.train.evaluate import throughput
+
+    student = timm.create_model("hiri_vit_s", img_size=64, num_classes=4).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    assert throughput(student, 64, batch=2, iters=1, device=torch.device("cpu")) > 0
+    assert student.training and isinstance(student.stem.norm, nn.BatchNorm2d)
+    assert student.stem.conv1[0][0].weight.is_contiguous()  # still NCHW, as DeepSpeed may hold it
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no BN statistics moved either

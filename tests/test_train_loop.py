@@ -1,5 +1,6 @@
 """Whole training runs of the real hiri_vit_s (at 224, on a tiny synthetic set) through submitit:
-NaN handling, and SIGKILL + resume giving the same weights as an uninterrupted run."""
+NaN handling, and SIGKILL + resume giving the same weights as an uninterrupted run (the resumed
+run logging to a real MLflow tracking server)."""
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pipeline.train.checkpoint import MARKER
 from pipeline.launch.stage import run_stage
 from pipeline.train.synthetic import smoke_params, smoke_spec
 from tests.kill import sigkill_once_exists
+from tests.mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -60,15 +62,20 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert set(json.loads((a / "metrics" / "train_t.json").read_text())) >= {"top1", "ema_top1", "throughput"}
 
     # Same run, SIGKILLed (the launcher only, as when `dvc repro` is killed) once a mid-epoch
-    # checkpoint of epoch 2 is complete, then started again.
-    victim = _driver(b, cfg, env)
-    sigkill_once_exists(victim, b / "outputs" / "checkpoints" / "train_t" / "step000000004" / MARKER, timeout_s=600)
-    assert not (b / "outputs" / "train_t" / "model.pt").exists()
-    rerun = _driver(b, cfg, env)
-    out_b, _ = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, out_b
-    assert "resuming from checkpoint step00000000" in out_b, out_b
-    assert "epoch 2, step " in out_b
+    # checkpoint of epoch 2 is complete, then started again; both report to a real tracking
+    # server on loopback, as a cluster's stages do (README, "Tracking on a cluster")
+    with mlflow_server(tmp_path / "mlflow-server") as uri:
+        env_b = {**env, "MLFLOW_TRACKING_URI": uri}
+        victim = _driver(b, cfg, env_b)
+        sigkill_once_exists(victim, b / "outputs" / "checkpoints" / "train_t" / "step000000004" / MARKER,
+                            timeout_s=600)
+        assert not (b / "outputs" / "train_t" / "model.pt").exists()
+        rerun = _driver(b, cfg, env_b)
+        out_b, _ = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, out_b
+        assert "resuming from checkpoint step00000000" in out_b, out_b
+        assert "epoch 2, step " in out_b
+        _assert_one_tracked_run(uri, tmp_path / "mlflow-server" / "artifacts")
 
     wa, wb = _weights(a), _weights(b)
     for part in ("state_dict", "state_dict_ema"):
@@ -76,3 +83,19 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
         for k in wa[part]:
             assert torch.equal(wa[part][k], wb[part][k]), f"{part}.{k} differs after resume"
     assert not (b / "outputs" / "checkpoints" / "train_t").exists()  # cleared once the weights are out
+
+
+def _assert_one_tracked_run(uri: str, artifact_root: Path) -> None:
+    """The killed run and its rerun are one MLflow run on the server, finished, with the final
+    metrics, a curve row per epoch and the artifacts, uploaded through the server (proxied)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("table2-imagenet")
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server stores them, not a shared mount
+    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("source") != "paper"]
+    assert run.info.run_name == "hiri_vit_s@224" and run.info.status == "FINISHED"
+    assert {"top1", "ema_top1", "throughput", "gflops"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [3, 6]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/train_t.json"}
+    assert list(artifact_root.rglob("train_t.json")), f"no artifact stored under the server's root {artifact_root}"

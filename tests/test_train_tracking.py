@@ -79,3 +79,19 @@ def test_stage_run_lands_beside_its_paper_row_in_a_model_training_experiment(tmp
     assert sorted(r.info.run_name for r in runs if "source" not in r.data.tags) == ["hiri_vit_s@448"] * 2
     assert t.where_to_look == (f"`mlflow ui` in {tmp_path}, then open http://127.0.0.1:5000/#/experiments/"
                                f"{exp.experiment_id}/runs?workflowType=machine_learning")
+
+
+def test_tracking_server_command_proxies_artifacts_and_opens_beyond_loopback_only_when_asked(tmp_path):
+    import socket
+
+    from pipeline.tracking.server import server_command, url_host
+
+    local = server_command("127.0.0.1", 5000, tmp_path, None, 1)
+    assert local[local.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert "--serve-artifacts" in local and local[local.index("--artifacts-destination") + 1] == str(tmp_path / "artifacts")
+    assert local[local.index("--host") + 1] == "127.0.0.1" and "--allowed-hosts" not in local  # MLflow's default
+    cluster = server_command("0.0.0.0", 5001, tmp_path, "postgresql://mlflow@db/mlflow", 4)
+    assert cluster[cluster.index("--backend-store-uri") + 1] == "postgresql://mlflow@db/mlflow"
+    allowed = cluster[cluster.index("--allowed-hosts") + 1].split(",")
+    assert f"{socket.getfqdn()}:*" in allowed and "localhost" in allowed  # this host's name, MLflow's defaults kept
+    assert url_host("0.0.0.0") == socket.getfqdn() and url_host("127.0.0.1") == "127.0.0.1"

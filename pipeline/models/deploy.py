@@ -8,17 +8,28 @@ convolution operation to speedup inference". In our blocks each BN is in one of 
   each branch (scale both, add the shift once);
 - in front of a CFFN's first 1x1 conv (the pre-norm): folded into that 1x1 conv.
 
-After folding the model holds no BatchNorm and computes the same function (eval mode).
+After folding the model holds no BatchNorm and computes the same function (eval mode). Other
+models (the timm baselines bench/throughput.py sets beside ours) fold by torch.fx's conv-BN fusion.
+
+Two residual identities fold the same way, into the centre tap of a depthwise 3x3 kernel
+(`fold_identities`, RepVGG's reparameterisation): the CFFN's DWConv(z) + z (eq. 3) and the HR
+block's x + DWConv(x) (Fig. 4, its high-resolution branch plus the shortcut). Each saves a pass
+over the block's largest map.
+
+`inference_model` is what a user deploys and what the `throughput` metric and bench/throughput.py
+time: BatchNorm and identities folded, channels_last weights, optionally torch.compile.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
+from timm.models import reparameterize_model
 from torch import nn
+from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .blocks import CFFN, HRStem
+from .blocks import CFFN, HRBlock, HRStem
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +66,17 @@ def _fold_sequential(seq: nn.Sequential) -> None:
             seq[i + 1] = nn.Identity()
 
 
+def _batchnorms(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Return `model` (a copy unless `inplace`) in eval mode with every BatchNorm folded away."""
+    """Return `model` (a copy unless `inplace`) in eval mode with every BatchNorm folded away.
+
+    HIRI-ViT's three places are folded in its own modules (the result is still a HiriViT, with
+    every timm method); a model whose BatchNorms are elsewhere (a timm ResNet) is traced by torch.fx
+    and its conv-BN pairs fused, which returns a GraphModule."""
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -72,7 +91,70 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
             _scale_conv_out(module.high[-1], scale, shift)
             _scale_conv_out(module.low[-1], scale, None)
             module.norm = nn.Identity()
-    left = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if _batchnorms(model):
+        model = fx_fuse_conv_bn(model, inplace=True)  # only conv -> BN pairs of the traced graph
+    left = _batchnorms(model)
     if left:
         raise RuntimeError(f"BatchNorm layers left unfolded: {left}")
     return model
+
+
+def _add_identity(conv: nn.Conv2d) -> None:
+    """conv(x) + x as one depthwise conv: +1 on each channel's centre tap."""
+    k = conv.kernel_size[0]
+    if not (conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (k, k) and k % 2
+            and conv.stride == (1, 1) and conv.padding == (k // 2, k // 2)):
+        raise ValueError(f"an identity folds only into a stride-1 'same' depthwise conv with an odd square kernel, "
+                         f"not {conv}")
+    conv.weight[:, 0, k // 2, k // 2] += 1.0
+
+
+class _FoldedCFFN(CFFN):
+    """A CFFN whose DWConv carries the shortcut: FC(DWConv'(z)), z = GELU(FC(X))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dw(self.act(self.fc1(self.norm(x)))))
+
+
+class _FoldedHRBlock(HRBlock):
+    """An HR block whose high-resolution branch carries the shortcut: DWConv'(x) + Up(low)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        low = self.low_fc2(self.low_act(self.low_fc1(self.low_down(x))))
+        out = self.high(x)
+        if h % 2 or w % 2:  # an odd map: upsample and crop, as HRBlock does
+            return out + low.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :h, :w]
+        # each low-resolution value added to its 2x2 cell in place: the repetition never materialised
+        out.unflatten(2, (h // 2, 2)).unflatten(4, (w // 2, 2)).add_(low[:, :, :, None, :, None])
+        return out
+
+
+@torch.no_grad()
+def fold_identities(model: nn.Module) -> nn.Module:
+    """Fold the shortcuts of every CFFN and HR block into their depthwise kernels, in place; `model`
+    must be in eval mode with its BatchNorms folded (a training-mode HR block drops its path)."""
+    if model.training or _batchnorms(model):
+        raise ValueError("fold_identities needs an eval-mode model with BatchNorm folded (fold_batchnorm first)")
+    for module in model.modules():
+        if type(module) is CFFN and isinstance(module.norm, nn.Identity):
+            _add_identity(module.dw)
+            module.__class__ = _FoldedCFFN  # same parameters and state-dict keys, the shortcut-free forward
+        elif type(module) is HRBlock:
+            _add_identity(module.high[0])
+            module.__class__ = _FoldedHRBlock
+    return model
+
+
+def inference_model(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """A copy of `model` as one would deploy it: eval mode; timm's own reparameterisation (the
+    `reparameterize()` of RepVGG-style baselines such as FastViT and MobileOne); BatchNorm and
+    identities folded; weights in channels_last (oneDNN's and cuDNN's fast convolution, BatchNorm
+    and elementwise kernels are NHWC ones; HIRI-ViT's high-resolution stages are mostly such
+    kernels); and, if asked, torch.compile'd. Feed it channels_last batches
+    (pipeline.train.evaluate.timed_forward does)."""
+    model = reparameterize_model(model).eval()  # a copy: the caller's model keeps its mode
+    model = fold_identities(fold_batchnorm(model, inplace=True))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from pipeline.config import RecipeParams
+if TYPE_CHECKING:  # a type only: bench/gpu_smoke.py runs this on machines without pydantic
+    from pipeline.config import RecipeParams
 
 
 class BatchLayoutError(ValueError):

@@ -2,7 +2,9 @@
 
 Accuracy is exact (every image once, no padding): the loaders are built non-distributed and
 evaluation runs on rank 0. Cost follows the project conventions (design.md): GFLOPs are
-multiply-adds from fvcore at batch 1, throughput is inference images/s at a fixed batch.
+multiply-adds from fvcore at batch 1, throughput is inference images/s at a fixed batch, of the
+model as one would deploy it (pipeline.models.deploy.inference_model: BatchNorm folded,
+channels_last) at the run's precision.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from pipeline.models.deploy import inference_model
 
 
 @dataclass
@@ -30,6 +34,17 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX as oneDNN reports them (elsewhere emulated bf16 is slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @torch.no_grad()
@@ -78,10 +93,12 @@ def gflops(model: nn.Module, img_size: int) -> float:
     return count_gflops(model, img_size)
 
 
-def timed_forward(model: nn.Module, img_size: int, batch: int, device: torch.device, precision: str = "fp32"):
-    """A function that runs one inference batch of random input and returns its seconds: the
-    unit of bench/throughput.py and of `throughput` below. Puts the model in eval mode."""
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
+def timed_forward(model: nn.Module, img_size: int, batch: int, device: torch.device, precision: str = "fp32",
+                  memory_format: torch.memory_format = torch.contiguous_format):
+    """A function that runs one inference batch of random input (laid out in `memory_format`) and
+    returns its seconds: the unit of bench/throughput.py and of `throughput` below. Puts the model
+    in eval mode."""
+    x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
     model = model.to(device).eval()
 
     def step() -> float:
@@ -97,12 +114,9 @@ def timed_forward(model: nn.Module, img_size: int, batch: int, device: torch.dev
 
 def throughput(model: nn.Module, img_size: int, batch: int, iters: int, device: torch.device,
                precision: str = "fp32", warmup: int = 1) -> float:
-    """Inference images/s on random input at a fixed batch: warm-up, then the median batch time."""
-    was_training = model.training
-    try:
-        step = timed_forward(model, img_size, batch, device, precision)
-        for _ in range(warmup):
-            step()
-        return batch / statistics.median(step() for _ in range(iters))
-    finally:
-        model.train(was_training)
+    """Inference images/s of `model` deployed (a BatchNorm-folded channels_last copy; `model` itself
+    is left as it is) on random input at a fixed batch: warm-up, then the median batch time."""
+    step = timed_forward(inference_model(model), img_size, batch, device, precision, torch.channels_last)
+    for _ in range(warmup):
+        step()
+    return batch / statistics.median(step() for _ in range(iters))

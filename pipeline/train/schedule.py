@@ -4,10 +4,13 @@ CosineLRScheduler does the arithmetic; we step it by optimiser updates so that s
 resumed runs see the same curve."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from timm.scheduler import CosineLRScheduler
 
-from pipeline.config import RecipeParams
+if TYPE_CHECKING:  # a type only: bench/gpu_smoke.py runs this on machines without pydantic
+    from pipeline.config import RecipeParams
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: RecipeParams, steps_per_epoch: int,
