@@ -11,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.slurm_profiles import load_profile
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
@@ -221,7 +223,7 @@ class LaunchParams(Section):
     """How a training stage starts its processes (pipeline/launch/)."""
 
     # local: submitit LocalExecutor on this machine; slurm: submitit on SLURM, resources from
-    # slurm/profiles/<profile>.yaml (pipeline/launch/profiles.py).
+    # slurm/profiles/<profile>.yaml (pipeline/slurm_profiles.py).
     launcher: Literal["local", "slurm"] = "local"
     profile: str | None = None  # slurm only: a file stem in slurm/profiles/
     tasks: int = Field(1, ge=1)  # processes = torch.distributed ranks (local; SLURM: from the profile)
@@ -230,8 +232,6 @@ class LaunchParams(Section):
     @model_validator(mode="after")
     def _slurm_profile(self):
         if self.launcher == "slurm":
-            from pipeline.launch.profiles import load_profile
-
             if not self.profile:
                 raise ValueError("launcher slurm needs launch.profile (a file stem in slurm/profiles/)")
             load_profile(self.profile)  # unknown profile or bad field: ProfileError naming it

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 
-from .profiles import StageRequest, mem_to_mb, time_to_minutes
+from pipeline.slurm_profiles import StageRequest, mem_to_mb, time_to_minutes
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "PREEMPTED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}

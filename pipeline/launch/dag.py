@@ -12,6 +12,9 @@ command already submitted are cancelled, so nothing half-submitted is left behin
 
 Only the training stages (train_*, finetune_*) run as SLURM jobs; a stale upstream stage of
 another kind (prepare_data, convert_imagenet) must be reproduced first (`dvc repro convert_imagenet`).
+
+This package imports no training code: the command's entry (`__main__`) passes
+pipeline.train.stage.make_spec in.
 """
 from __future__ import annotations
 
@@ -21,8 +24,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.config import ParamsError, load_params
+from pipeline.slurm_profiles import ProfileError
+
 from . import cluster, slurm
 from .cluster import SubmissionError
+from .stage import StageError
 from .stagekey import load_stages, stage_key, upstream
 
 LAUNCHED = ("train_", "finetune_")
@@ -58,11 +65,9 @@ def closure(stages: dict, targets: list[str]) -> list[str]:
     return order
 
 
-def _spec(params, stage: str, root: Path, plan: list[str], stages: dict):
+def _spec(make_spec, params, stage: str, root: Path, plan: list[str], stages: dict):
     """The stage's run. A fine-tuning stage whose init_from stage is in the same plan starts from
     the weights that stage's job will stage (dvc repro has not collected them yet when it runs)."""
-    from pipeline.train.stage import make_spec
-
     kind, key = stage.split("_", 1)
     init = None
     if kind == "finetune":
@@ -77,8 +82,9 @@ def _pending(rec: dict) -> bool:
     return cluster.job_state(rec["job_id"]) in cluster.ACTIVE
 
 
-def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[str, dict]:
-    from pipeline.config import load_params
+def launch(targets: list[str], make_spec, repo_root: Path = Path("."), echo=print) -> dict[str, dict]:
+    """Submit the stale stages `targets` need; `make_spec` is pipeline.train.stage.make_spec (passed
+    in by the command, so that this package imports no training code)."""
 
     root = Path(repo_root).resolve()
     params = load_params(root / "params.yaml")
@@ -95,7 +101,7 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
                                       f"run `dvc repro {n}` first")
             plan.append(n)
     # validate everything before the first sbatch: specs (inputs present) and the live partitions
-    specs = {n: _spec(params, n, root, plan, stages) for n in plan}
+    specs = {n: _spec(make_spec, params, n, root, plan, stages) for n in plan}
     for n in plan:
         slurm.executor_for(specs[n], root / "outputs" / "submitit" / n)
     submitted: dict[str, dict] = {}
@@ -122,17 +128,13 @@ def launch(targets: list[str], repo_root: Path = Path("."), echo=print) -> dict[
     return submitted
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(make_spec, argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="+", help="DVC stages, e.g. train_hiri_s_448")
     args = ap.parse_args(argv)
-    from pipeline.config import ParamsError
-    from pipeline.launch.profiles import ProfileError
-    from .stage import StageError
-
     try:
-        launch(args.targets)
+        launch(args.targets, make_spec)
     except (LaunchPlanError, SubmissionError, ParamsError, ProfileError, StageError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

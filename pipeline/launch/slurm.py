@@ -40,7 +40,7 @@ from submitit.helpers import Checkpointable
 
 from . import cluster
 from .local import follow
-from .profiles import load_profile, stage_kind
+from pipeline.slurm_profiles import load_profile, stage_kind
 
 # job states after which no result is coming
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED_FINAL"}

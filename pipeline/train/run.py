@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Params, RecipeParams, TrainRun
+from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, shared_lock, watch_launcher
+from pipeline.launch.stage import workers_lock_path
 
 from .checkpoint import seed_all, sha256_file
 
@@ -111,16 +113,11 @@ def build_model(spec: RunSpec, num_classes: int):
 
 def train_worker(spec: RunSpec) -> dict | None:
     """The body of one rank. Returns the final metrics on rank 0, None elsewhere."""
-    from pipeline.launch.local import shared_lock
-    from pipeline.launch.stage import workers_lock_path
-
     with shared_lock(workers_lock_path(spec)):
         return _train_worker(spec)
 
 
 def _train_worker(spec: RunSpec) -> dict | None:
-    from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, watch_launcher
-
     from pipeline.models.hiri_vit import model_file
 
     from .checkpoint import CheckpointStore, atomic_torch_save
