@@ -253,7 +253,7 @@ def _run_id_file(spec: RunSpec) -> Path:
 
 
 def _open_tracker(spec: RunSpec, log):
-    from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
+    from pipeline.tracking.mlflow_run import Tracker, flatten, run_id_writer, tracking_uri
     from pipeline.tracking.reference import sync_stage_rows
 
     id_file = _run_id_file(spec)
@@ -263,8 +263,9 @@ def _open_tracker(spec: RunSpec, log):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
+    # the id file names the run to reopen; written whenever the run opens (also late, after an outage)
     tracker = Tracker(EXPERIMENTS[spec.kind], spec.run_name, tags, uri=tracking_uri(spec.repo_root),
-                      run_id=resume_id, warn=log, note=log)
+                      run_id=resume_id, warn=log, note=log, on_open=run_id_writer(id_file))
     run_id = tracker.start()
     if run_id is not None:
         # the paper's row for this stage beside our run, so the UI compares them after this stage alone
@@ -272,16 +273,14 @@ def _open_tracker(spec: RunSpec, log):
         beside = " beside the paper's row" if paper.logged and paper.experiments else ""
         log(f"[{spec.stage}] MLflow: run {spec.run_name}{beside} in experiment {tracker.experiment}: "
             f"{tracker.where_to_look}")
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
-        if run_id != resume_id:
-            p = spec.params
-            section = p.train if spec.kind == "train" else p.finetune
-            tracker.log_params(flatten({"profile": p.profile, "recipe": spec.recipe.model_dump(mode="json"),
-                                        "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
-                                        "launch": p.launch.model_dump(mode="json"),
-                                        "data": p.data.model_dump(mode="json"),
-                                        "section": "train" if section is p.train else "finetune"}))
+    if run_id is None or run_id != resume_id:  # a new run (or not open yet: the params wait with the rest)
+        p = spec.params
+        section = p.train if spec.kind == "train" else p.finetune
+        tracker.log_params(flatten({"profile": p.profile, "recipe": spec.recipe.model_dump(mode="json"),
+                                    "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
+                                    "launch": p.launch.model_dump(mode="json"),
+                                    "data": p.data.model_dump(mode="json"),
+                                    "section": "train" if section is p.train else "finetune"}))
     return tracker
 
 

@@ -231,23 +231,21 @@ def write_outputs(spec: TransferSpec, metrics: dict, history: list[dict]) -> Non
 
 
 def _open_tracker(spec: TransferSpec, task, log):
-    from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
+    from pipeline.tracking.mlflow_run import Tracker, flatten, run_id_writer, tracking_uri
     from pipeline.tracking.reference import sync_stage_rows
 
     id_file = spec.ckpt_dir.parent / f"{spec.stage}.mlflow_run_id"
     resume_id = id_file.read_text().strip() if id_file.is_file() and spec.ckpt_dir.is_dir() else None
     tags = {"git_commit": spec.git_commit, "dvc_stage": spec.stage, "profile": spec.params.profile}
     tracker = Tracker(task.experiment, spec.run_name, tags, uri=tracking_uri(spec.repo_root), run_id=resume_id,
-                      warn=log, note=log)
+                      warn=log, note=log, on_open=run_id_writer(id_file))
     run_id = tracker.start()
     if run_id is not None:
         sync_stage_rows(spec.stage, tracker.experiment, tracker.uri, warn=log)
         log(f"[{spec.stage}] MLflow: run {spec.run_name} beside the paper's row in experiment {tracker.experiment}: "
             f"{tracker.where_to_look}")
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
-        if run_id != resume_id:
-            tracker.log_params(flatten({"profile": spec.params.profile, "recipe": spec.recipe.model_dump(mode="json"),
-                                        "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
-                                        "launch": spec.params.launch.model_dump(mode="json")}))
+    if run_id is None or run_id != resume_id:  # a new run (or not open yet: the params wait with the rest)
+        tracker.log_params(flatten({"profile": spec.params.profile, "recipe": spec.recipe.model_dump(mode="json"),
+                                    "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
+                                    "launch": spec.params.launch.model_dump(mode="json")}))
     return tracker
