@@ -5,11 +5,12 @@ clear error naming the key, not a traceback from deep inside a stage.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.slurm_profiles import load_profile
 
@@ -74,7 +75,8 @@ class LoaderParams(Section):
     """Training and validation input pipelines (pipeline/data/loaders.py)."""
 
     backend: Literal["ffcv", "torchvision"] = "ffcv"
-    num_workers: int = Field(2, ge=0)
+    # auto: the CPUs this rank was given (`workers()`); or a count
+    num_workers: int | Literal["auto"] = "auto"
     os_cache: bool = True  # FFCV: page cache (shared by processes) rather than a private copy
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     train_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
@@ -88,6 +90,25 @@ class LoaderParams(Section):
     val_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"num_workers {v}: expected a count >= 0 or 'auto'")
+        return v
+
+    def workers(self) -> int:
+        """Loader workers of this process. auto: the CPUs SLURM gave the task (SLURM_CPUS_PER_TASK),
+        else this process's CPUs shared between the ranks on its node (LOCAL_WORLD_SIZE, exported by
+        pipeline.launch). FFCV's threads and the training step share them: on a GPU node the step
+        waits on the GPU, and on a CPU-only node the loader would otherwise idle behind the step."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+            return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
 class DataParams(Section):

@@ -72,6 +72,22 @@ def test_batch_layout_over_ranks():
         batch_layout(r, 3)
 
 
+def test_loader_workers_follow_the_allocation(monkeypatch):
+    from pipeline.config import LoaderParams
+
+    assert LoaderParams(num_workers=3).workers() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
+    assert LoaderParams().workers() == 12  # auto: what SLURM gave the task
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert LoaderParams().workers() == 4  # this process's CPUs shared between the node's ranks
+    with pytest.raises(ValueError, match="num_workers -1"):
+        LoaderParams(num_workers=-1)
+
+
 def test_linear_lr_scaling():
     assert scaled_lr(RecipeParams(batch_size=512, micro_batch_size=64)) == pytest.approx(5e-4)
 

@@ -172,7 +172,7 @@ def _worker(spec: TransferSpec) -> dict | None:
     tracker = _open_tracker(spec, task, log) if rank == 0 else None
     fitter = Fitter(name=spec.stage, task=task, model=model, ddp=ddp, optimizer=optimizer, train=train, val=val,
                     device=device, precision=precision, store=store, rank=rank, world=world,
-                    workers=spec.params.data.loader.num_workers, stop=stop,
+                    workers=spec.params.data.loader.workers(), stop=stop,
                     on_eval=(lambda row: tracker.log_metrics(_numbers(row), step=row["iter"])) if tracker else None)
     tag = store.prepare(log=log if rank == 0 else (lambda _m: None))
     if tag is not None:
