@@ -173,8 +173,11 @@ class RecipeParams(Section):
     mix: MixParams = MixParams()
     ema: EmaParams = EmaParams()
     zero_stage: Literal[0, 1, 2, 3] = 2
-    # auto: bf16 on GPU; fp32 on CPU. bf16 on CPU = fp32 weights with bf16 autocast.
+    # bf16 = autocast over fp32 weights on every device; auto: bf16 on GPU and on CPUs with native bf16
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # BatchNorm statistics over all ranks' micro-batches in each forward (GPU only); false: per rank,
+    # running statistics averaged over the ranks after every optimiser step
+    sync_bn: bool = False
     checkpoint_every_steps: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(50, ge=1)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -16,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", action="store_true", help="a fine-tuning run (finetune.runs)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = ap.parse_args(argv)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    # DeepSpeed's accelerator is chosen inside each rank, from the device it has
+    # (pipeline.train.engine.select_accelerator): not here, on a login node that may have no GPU
 
     from pipeline.config import ParamsError, load_params
     from pipeline.launch.stage import StageError, run_stage
@@ -42,12 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)  # the message carries the job's log tail
         return 1
     return 0
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _check_data(params) -> None:

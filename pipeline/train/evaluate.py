@@ -73,9 +73,13 @@ def count_params_m(model: nn.Module) -> float:
 
 
 def gflops(model: nn.Module, img_size: int) -> float:
+    """fvcore's count on an fp32 CPU copy: fvcore traces with a CPU fp32 input, which a CUDA or a
+    bf16 model refuses ("expected scalar type BFloat16 but found Float"), after the whole run."""
+    import copy
+
     from pipeline.models.flops import count_gflops
 
-    return count_gflops(model, img_size)
+    return count_gflops(copy.deepcopy(model).to(device="cpu", dtype=torch.float32), img_size)
 
 
 def timed_forward(model: nn.Module, img_size: int, batch: int, device: torch.device, precision: str = "fp32"):

@@ -121,7 +121,7 @@ def _train_worker(spec: RunSpec) -> dict | None:
     from pipeline.models.hiri_vit import model_file
 
     from .checkpoint import CheckpointStore, atomic_torch_save
-    from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
+    from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr, sync_batchnorm
     from .ema_distill import EmaTeacher
     from .loop import Trainer
     from .preempt import StopRequests, fit_tracked
@@ -139,7 +139,7 @@ def _train_worker(spec: RunSpec) -> dict | None:
     seed_all(run.seed)  # same initial weights on every rank
 
     data = build_data(spec)
-    model = build_model(spec, data.num_classes).to(device)
+    model = sync_batchnorm(build_model(spec, data.num_classes), recipe.sync_bn, device, world).to(device)
     teacher = EmaTeacher(model, decay=recipe.ema.decay, warmup=recipe.ema.warmup, alpha=recipe.ema.alpha,
                          alpha_ramp=recipe.ema.alpha_ramp)
     engine, optimizer = build_engine(model, recipe, layout, device, precision)
