@@ -287,30 +287,35 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
 def build_val_loader(params: Params | DataParams, resolution: int, batch_size: int, *,
                      split: Literal["val", "v2"] = "val", ffcv_dir: str | Path = FFCV_DIR,
                      backend: Backend | None = None, num_workers: int | None = None,
-                     distributed: bool = False) -> Batches:
+                     distributed: bool = False, shard: tuple[int, int] = (0, 1)) -> Batches:
     """Evaluation batches of `split` (val or v2) in file order: resize, centre crop, normalise.
 
     Every image is yielded once (no drop_last); with distributed=True FFCV and the sampler pad
     the last batch by repeating images, so exact counts need the non-distributed loader.
+    shard=(rank, world): only images rank, rank + world, ... (each image in exactly one shard).
     """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {shard}: expected (rank, world) with 0 <= rank < world")
     d = _data_params(params)
     cfg = d.loader
     backend = backend or cfg.backend
-    workers = cfg.num_workers if num_workers is None else num_workers
+    workers = cfg.workers() if num_workers is None else num_workers
     manifest = load_manifest(ffcv_dir)
     entry = split_entry(manifest, split, ffcv_dir)
     threads = torch.get_num_threads()  # before FFCV changes it (Batches._keep_threads)
     if backend == "ffcv":
         path = beton_path(manifest, split, resolution, cfg.val_crop_pct, ffcv_dir)
+        indices = None if world == 1 else list(range(rank, entry["images"], world))
         loader, sampler = _ffcv(path, T.ffcv_val_image_pipeline(cfg, resolution), batch_size, cfg,
-                                workers, False, False, distributed, 0), None
+                                workers, False, False, distributed, 0, indices), None
     elif backend == "torchvision":
-        files = manifest_files(manifest, split, ffcv_dir)
+        files = manifest_files(manifest, split, ffcv_dir)[rank::world]
         loader, sampler = _torchvision(files, T.val_transform(cfg, resolution), batch_size, workers,
                                        False, False, distributed, 0)
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
-    batches = Batches(loader, backend, split, entry["images"], len(manifest["classes"]), batch_size, sampler,
-                      torch_threads=threads if backend == "ffcv" else None)
+    batches = Batches(loader, backend, split, len(range(rank, entry["images"], world)), len(manifest["classes"]),
+                      batch_size, sampler, torch_threads=threads if backend == "ffcv" else None)
     batches._keep_threads()
     return batches

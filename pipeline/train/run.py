@@ -143,8 +143,8 @@ def _train_worker(spec: RunSpec) -> dict | None:
     teacher = EmaTeacher(model, decay=recipe.ema.decay, warmup=recipe.ema.warmup, alpha=recipe.ema.alpha,
                          alpha_ramp=recipe.ema.alpha_ramp)
     engine, optimizer = build_engine(model, recipe, layout, device, precision)
-    train_batches = data.train(layout.micro_batch, run.seed, world)
-    val = data.evaluation("val", recipe.eval_batch_size) if rank == 0 else None
+    train_batches = data.train(layout.micro_batch, run.seed, world, device)
+    val = data.evaluation("val", recipe.eval_batch_size, rank, world)  # this rank's shard
     store = CheckpointStore(spec.ckpt_dir, spec.fingerprint(), recipe.keep_checkpoints, rank)
 
     tracker = None
@@ -157,13 +157,17 @@ def _train_worker(spec: RunSpec) -> dict | None:
                       if tracker else None, stop=stop)
     history = fit_tracked(trainer.fit, tracker, stop, log, spec.stage, rank)
 
-    result = None
+    student = engine.module
     if rank == 0:
-        student = engine.module
-        metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log)
+        # the weights first, before anything that can still fail: a rerun then resumes from the last
+        # checkpoint (no training left) and only evaluates again
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(model_file(student, teacher.module, run.model, data.num_classes, spec.stage),
                           spec.out_dir / "model.pt")
+    metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision,
+                            log if rank == 0 else (lambda *_: None), rank, world)
+    result = None
+    if rank == 0:
         write_outputs(spec, metrics, history)
         if tracker is not None:
             tracker.log_metrics(metrics, step=trainer.state.step)
@@ -178,12 +182,15 @@ def _train_worker(spec: RunSpec) -> dict | None:
     return result
 
 
-def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log) -> dict:
+def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log,
+                  rank: int = 0, world: int = 1) -> dict | None:
+    """Every rank evaluates its shard (the counts are summed); rank 0 then adds the model's cost and
+    returns the metrics, the other ranks None."""
     from .evaluate import accuracy, count_params_m, gflops, throughput
 
     out: dict[str, float] = {}
     for split, prefix_keys in (("val", ("top1", "top5")), ("v2", ("v2_top1",))):
-        batches = data.evaluation(split, recipe.eval_batch_size)
+        batches = data.evaluation(split, recipe.eval_batch_size, rank, world)
         for who, model in (("", student), ("ema_", teacher)):
             if batches is None:
                 for k in prefix_keys:
@@ -201,6 +208,8 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
                 out["ema_map_top1"], out["ema_map_agreement"] = acc.map_top1, acc.map_agreement
                 log(f"  ema map {split}: top-1 {acc.map_top1:.2f}%, agrees with the teacher's own top-1 on "
                     f"{acc.map_agreement:.2f}% of images")
+    if rank != 0:
+        return None
     out["params_m"] = count_params_m(student)
     out["gflops"] = gflops(student, img_size)
     out["throughput"] = throughput(student, img_size, recipe.throughput_batch, recipe.throughput_iters, device,
