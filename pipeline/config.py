@@ -157,7 +157,8 @@ class RecipeParams(Section):
     epochs: int = Field(300, ge=1)
     warmup_epochs: float = Field(5.0, ge=0.0)
     batch_size: int = Field(1024, ge=1)  # global, over all ranks and accumulation steps
-    micro_batch_size: int = Field(128, ge=1)  # per rank per forward/backward
+    # per rank per forward/backward; null: batch_size / ranks (no accumulation), pipeline.train.engine.batch_layout
+    micro_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     lr_reference_batch: int = Field(1024, ge=1)  # lr is scaled by batch_size / lr_reference_batch
     warmup_lr: float = Field(1e-6, ge=0.0)
@@ -187,7 +188,7 @@ class RecipeParams(Section):
 
     @model_validator(mode="after")
     def _batches(self):
-        if self.batch_size % self.micro_batch_size:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
                              f"{self.micro_batch_size}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:

@@ -18,7 +18,12 @@ from pipeline.config import RecipeParams
 
 
 class BatchLayoutError(ValueError):
-    """The global batch cannot be split into micro-batches over the ranks."""
+    """The global batch cannot be split into micro-batches over the ranks; `field` is the recipe
+    key to change (batch_size or micro_batch_size)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,23 @@ class BatchLayout:
 
 
 def batch_layout(recipe: RecipeParams, world_size: int) -> BatchLayout:
-    per_step = recipe.micro_batch_size * world_size
-    if recipe.batch_size % per_step:
-        raise BatchLayoutError(
-            f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size "
-            f"{recipe.micro_batch_size} x {world_size} ranks = {per_step}")
-    return BatchLayout(recipe.batch_size, recipe.micro_batch_size, recipe.batch_size // per_step, world_size)
+    """The recipe's global batch over `world_size` ranks. The micro-batch per rank is the recipe's
+    when it sets one (accumulation fills the rest), else batch_size / world_size (none)."""
+    batch, micro = recipe.batch_size, recipe.micro_batch_size
+    if micro is None:
+        if batch % world_size:
+            raise BatchLayoutError("batch_size", f"batch_size {batch} does not split over {world_size} ranks "
+                                   f"(micro_batch_size null: batch_size / ranks); use a rank count that divides "
+                                   f"it, or set micro_batch_size")
+        return BatchLayout(batch, batch // world_size, 1, world_size)
+    per_step = micro * world_size
+    if per_step > batch:
+        raise BatchLayoutError("micro_batch_size", f"micro_batch_size {micro} x {world_size} ranks = {per_step} "
+                               f"images per step is more than batch_size {batch}: lower it")
+    if batch % per_step:
+        raise BatchLayoutError("micro_batch_size", f"batch_size {batch} is not a multiple of micro_batch_size "
+                               f"{micro} x {world_size} ranks = {per_step}")
+    return BatchLayout(batch, micro, batch // per_step, world_size)
 
 
 def scaled_lr(recipe: RecipeParams) -> float:

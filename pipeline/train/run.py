@@ -52,6 +52,13 @@ class RunSpec:
         """One rank of the run (what the launchers call)."""
         return train_worker(self)
 
+    def plan(self, nodes: int, tasks_per_node: int, gpus_per_node: int = 0):
+        """The run's preflight on that many ranks (what the launchers check before submitting): a
+        pipeline.train.plan.RunPlan, or PlanError naming the params key at fault."""
+        from .plan import Ranks, plan_run
+
+        return plan_run(self, Ranks(nodes, tasks_per_node, gpus_per_node))
+
     @property
     def recipe(self) -> RecipeParams:
         section = self.params.train if self.kind == "train" else self.params.finetune

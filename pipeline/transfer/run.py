@@ -78,6 +78,32 @@ class TransferSpec:
     def work(self) -> dict | None:
         return transfer_worker(self)
 
+    def plan(self, nodes: int, tasks_per_node: int, gpus_per_node: int = 0) -> "TransferPlan":
+        """The run's layout on that many ranks (what a SLURM stage checks before it submits);
+        PlanError names the recipe key when the global batch does not split over the ranks."""
+        from pipeline.train.engine import BatchLayoutError, batch_layout
+        from pipeline.train.plan import PlanError
+
+        world = nodes * tasks_per_node
+        try:
+            layout = batch_layout(self.recipe, world)
+        except BatchLayoutError as err:
+            raise PlanError(f"{self.stage}: transfer.{self.task}.{self.params.profile}.{err.field}: {err}") from None
+        return TransferPlan(self.stage, world, layout.micro_batch, layout.accumulation, layout.global_batch)
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    stage: str
+    world_size: int
+    micro_batch: int
+    accumulation: int
+    global_batch: int
+
+    def lines(self) -> list[str]:
+        return [f"{self.stage}: global batch {self.global_batch} = micro-batch {self.micro_batch} x accumulation "
+                f"{self.accumulation} x {self.world_size} ranks"]
+
 
 def make_transfer_spec(params: Params, key: str, repo_root: str | Path = ".") -> TransferSpec:
     """The run of stage `key`; its pretraining weights and prepared data must exist."""
