@@ -3,8 +3,9 @@
 Accuracy is exact (every image once, no padding): every rank evaluates its own shard of the
 loader (pipeline.train.data: every world-th image from its rank on) and the counts are summed over
 the ranks, so the ranks finish together and no rank waits in a collective for a long pass on
-another. The counts stay on the device until that one all-reduce. Cost follows the project conventions (design.md): GFLOPs are
-multiply-adds from fvcore at batch 1, throughput is inference images/s at a fixed batch.
+another. The counts stay on the device until that one all-reduce. Cost follows the project
+conventions (design.md): GFLOPs are multiply-adds from fvcore at batch 1, throughput is inference
+images/s at a fixed batch.
 """
 from __future__ import annotations
 
