@@ -140,7 +140,7 @@ def plan(targets: list[str], make_spec, repo_root: Path = Path("."), echo=print,
     """Print how each target stage would run, checked (SubmissionError naming the field if it cannot)."""
     root = Path(repo_root).resolve()
     params = load_params(root / "params.yaml")
-    launch = params.launch
+    how = params.launch
     for stage in targets:
         if not stage.startswith(LAUNCHED):
             raise LaunchPlanError(f"{stage}: --plan covers the training stages (train_*, finetune_*)")
@@ -149,24 +149,24 @@ def plan(targets: list[str], make_spec, repo_root: Path = Path("."), echo=print,
         if kind == "finetune":  # where the 448 stage writes its weights: no need for them to exist yet
             init = root / "outputs" / f"train_{params.finetune.run(key).init_from}" / "model.pt"
         spec = make_spec(params, kind, key, repo_root=root, init_weights=init)
-        if launch.launcher == "slurm":
-            where = f"slurm/profiles/{launch.profile}.yaml: kinds.{stage_kind(stage)}"
+        if how.launcher == "slurm":
+            where = f"slurm/profiles/{how.profile}.yaml: kinds.{stage_kind(stage)}"
             ranks = slurm.profile_ranks(spec)
         else:
             import torch
 
             where, ranks = "launch.tasks (launcher local)", {
-                "nodes": 1, "tasks_per_node": launch.tasks,
-                "gpus_per_node": launch.tasks if torch.cuda.is_available() else 0}
+                "nodes": 1, "tasks_per_node": how.tasks,
+                "gpus_per_node": how.tasks if torch.cuda.is_available() else 0}
         for line in spec.plan(**ranks).lines():
             echo(line)
         echo(f"  ranks from      {where}")
-        if launch.launcher != "slurm":
+        if how.launcher != "slurm":
             continue
         if not live:
             echo("  live checks     skipped (--offline)")
             continue
-        req = load_profile(launch.profile).request(stage_kind(stage))
+        req = load_profile(how.profile).request(stage_kind(stage))
         try:
             cluster.check_request(req, where)
             echo(f"  live checks     partition {req.partition!r} has the nodes, GPUs, CPUs, memory and time asked for")

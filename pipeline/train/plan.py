@@ -29,6 +29,8 @@ from pipeline.launch.cluster import SubmissionError
 from .engine import BatchLayout, BatchLayoutError, batch_layout, scaled_lr, zero_stage
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1K's training set (ILSVRC-2012)
+PRECISION_WORDS = {"bf16": "bf16 autocast over fp32 weights", "fp32": "fp32",
+                   "auto-cpu": "fp32 (auto: bf16 autocast where the node's CPU has native bf16; memory for fp32)"}
 GIB = 2**30
 
 
@@ -106,7 +108,7 @@ class RunPlan:
             f"{self.images_from}) x {self.epochs} epochs = {self.total_steps:,}",
             f"  checkpoints     every {self.checkpoint_every:,} steps and at each epoch end "
             f"(about {self.total_steps // self.checkpoint_every + self.epochs:,} in all, {self.keep_checkpoints} kept)",
-            f"  precision       {'bf16 autocast over fp32 weights' if self.precision == 'bf16' else 'fp32'}; "
+            f"  precision       {PRECISION_WORDS[self.precision]}; "
             f"ZeRO stage {self.zero_stage}; BatchNorm {'synced over the ranks' if self.sync_bn else 'per rank'}",
             f"  memory per {unit}  about {mem.total / GIB:.1f} GiB: activations {mem.activations_per_image / GIB:.3f} "
             f"GiB per image x {mem.micro_batch} + weights, gradients, AdamW state and EMA teacher "
@@ -193,10 +195,10 @@ def plan_run(spec, ranks: Ranks) -> RunPlan:
                         f"of {layout.global_batch}")
     precision = recipe.precision
     if precision == "auto":  # bf16 on GPUs; on CPUs the node's processor decides: fp32 estimated (the larger)
-        precision = "bf16" if ranks.gpus_per_node else "fp32"
+        precision = "bf16" if ranks.gpus_per_node else "auto-cpu"
     zero = zero_stage(recipe, ranks.world_size)
     n_params, per_image = trace_memory(run.model, run.img_size, run.drop_path_rate * recipe.drop_path_scale,
-                                       precision)
+                                       "bf16" if precision == "bf16" else "fp32")
     memory = MemoryEstimate(per_image, layout.micro_batch, state_bytes(n_params, zero, ranks.world_size))
     return RunPlan(stage=spec.stage, model=run.model, img_size=run.img_size, ranks=ranks, layout=layout,
                    micro_derived=recipe.micro_batch_size is None, lr=scaled_lr(recipe), images=images,
