@@ -209,10 +209,12 @@ def _worker(spec: TransferSpec) -> dict | None:
     if rank == 0:
         from pipeline.train.checkpoint import atomic_torch_save
 
-        metrics = {**{k: history[-1][k] for k in task.metric_keys}, **final_counts(spec, model)}
+        # the weights first, before the counts (which build models and can fail): a rerun then
+        # resumes at the end and only writes the outputs
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"state_dict": model.state_dict(), "model": run.model, "arch": spec.arch,
                            "init_from": run.init_from, "stage": spec.stage}, spec.out_dir / "model.pt")
+        metrics = {**{k: history[-1][k] for k in task.metric_keys}, **final_counts(spec, model)}
         write_outputs(spec, metrics, history)
         if tracker is not None:
             tracker.log_metrics(_numbers(metrics), step=fitter.state.it)
