@@ -160,7 +160,7 @@ def test_a_micro_batch_does_not_wait_for_the_device(one_rank, tmp_path, monkeypa
     trainer.fit()
     assert trainer.state.step == 2
     assert syncs[("loop.py", "train_step")] == 0
-    assert syncs[("loop.py", "_agree_before_step")] == 2  # one per optimiser step
+    assert syncs[("loop.py", "_check_window")] == 2  # one per optimiser step
     assert sum(syncs.values()) <= 2 + 3, syncs  # + the epoch's loss sum, its all_sum and the checkpoint's RNG
 
 

@@ -5,10 +5,10 @@ EMA-distillation target (pipeline.train.ema_distill), forward, soft-target cross
 `engine.backward`, `engine.step` (DeepSpeed accumulates, reduces, clips and steps at the
 accumulation boundary). Nothing in a micro-batch waits for the device: the losses stay device
 tensors. At the accumulation boundary, before DeepSpeed's step, the ranks agree in one all-reduce
-whether any loss of the window was not finite (and whether a stop signal came): a NaN never
-reaches the weights, the EMA teacher or a checkpoint. Per optimiser step: learning rate, EMA
-update, BatchNorm statistics averaged over the ranks, progress line (the only other host sync),
-periodic checkpoint, and (in a SLURM job) a checkpoint at a stop signal (pipeline.train.preempt).
+whether any loss of the window was not finite: a NaN never reaches the weights, the EMA teacher or
+a checkpoint. Per optimiser step: learning rate, EMA update, BatchNorm statistics averaged over
+the ranks, progress line (a host sync at logging steps only), periodic checkpoint, and (in a
+SLURM job) a checkpoint at a stop signal (pipeline.train.preempt; one all-reduce after the step).
 Per epoch: validation Top-1 (every rank its shard), a curve row, a checkpoint.
 """
 from __future__ import annotations
@@ -153,19 +153,13 @@ class Trainer:
         np.random.seed(s)
         random.seed(s)
 
-    def _agree_before_step(self, micro: int) -> int:
+    def _check_window(self, micro: int) -> None:
         """At the accumulation boundary, before DeepSpeed's step: one all-reduce (one host sync) of
-        whether any rank's window held a non-finite loss, and of any rank's stop signal. Raises
-        NonFiniteLossError on every rank if so; returns the agreed stop signal (0: none)."""
+        whether any rank's window held a non-finite loss; NonFiniteLossError on every rank if so."""
         losses = torch.stack(self._window)
         self._window = []
-        signal = self.stop.received if self.stop is not None else 0
-        flags = torch.stack([(~torch.isfinite(losses)).any().to(torch.int64),
-                             torch.tensor(signal, dtype=torch.int64, device=losses.device)])
-        bad, signum = all_reduce(flags, op="max").tolist()
-        if bad:
+        if all_reduce((~torch.isfinite(losses)).any().to(torch.int64).reshape(1), op="max").item():
             self._raise_nonfinite(losses.tolist(), micro)
-        return signum
 
     def _raise_nonfinite(self, losses: list[float], micro: int) -> None:
         first = next((i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))), None)
@@ -180,9 +174,9 @@ class Trainer:
         raise NonFiniteLossError(f"[{self.name}] loss is {value} at {where}; stopping before the optimiser "
                                  f"step, the EMA update and any checkpoint. {kept}")
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> int:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> None:
         """One micro-batch: forward, backward, and at the accumulation boundary the finiteness check
-        and DeepSpeed's step. Returns the stop signal agreed at a boundary (0 otherwise)."""
+        and DeepSpeed's step."""
         x = to_memory_format(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         if self.distill:
@@ -200,11 +194,9 @@ class Trainer:
         loss = self._last_loss = loss.detach()  # read (a host sync) only at logging steps
         self._window.append(loss)
         self._loss_sum += loss.double()
-        signum = 0
         if (micro + 1) % self.layout.accumulation == 0:
-            signum = self._agree_before_step(micro)
+            self._check_window(micro)
         self.engine.step()  # DeepSpeed counts micro-batches; it steps the optimiser at the boundary
-        return signum
 
     def fit(self) -> list[dict]:
         resumed = self.resume()
@@ -236,7 +228,7 @@ class Trainer:
                     set_rng_state(rng)
                     rng = None
                 t0 = time.perf_counter()
-                signum = self.train_step(x, y, micro)
+                self.train_step(x, y, micro)
                 tally[1:] = [tally[1] + 1, tally[2] + len(y), tally[3] + time.perf_counter() - t0]
                 progress.count(len(y) * self.world)
                 self.state.micro_in_epoch = micro + 1
@@ -261,7 +253,7 @@ class Trainer:
                 if self.state.step % ckpt_every == 0 and mid_epoch:
                     self.save()
                 if mid_epoch:
-                    self._stop_if_signalled(signum)
+                    self._stop_if_signalled()
             tally[0] = float(self._loss_sum)
             row = self._end_epoch(epoch, *tally, progress)
             self.state.history.append(row)
@@ -270,8 +262,8 @@ class Trainer:
             self.save()
             if self.rank == 0 and self.on_epoch is not None:
                 self.on_epoch(row)
-            if self.state.epoch < self.recipe.epochs and self.stop is not None:
-                self._stop_if_signalled(self.stop.agreed())
+            if self.state.epoch < self.recipe.epochs:
+                self._stop_if_signalled()
         return self.state.history
 
     def _log_expected(self, step_seconds: float) -> None:
@@ -282,9 +274,13 @@ class Trainer:
             f"remaining {left} steps, plus validation after each of {self.recipe.epochs - self.state.epoch} "
             f"epoch(s) and the final evaluation")
 
-    def _stop_if_signalled(self, signum: int) -> None:
-        """At an optimiser-step boundary, with the stop signal the ranks agreed on (0: none): save
-        (unless this step's checkpoint exists already) and raise Preempted on every rank."""
+    def _stop_if_signalled(self) -> None:
+        """After an optimiser step (the latest moment a signal can be acted on before the next one):
+        if any rank was signalled, save (unless this step's checkpoint exists already) and raise
+        Preempted on every rank. One all-reduce, in SLURM jobs only."""
+        if self.stop is None:
+            return
+        signum = self.stop.agreed()
         if not signum:
             return
         if self.last_tag != tag_for(self.state.step):
