@@ -5,11 +5,14 @@ clear error naming the key, not a traceback from deep inside a stage.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.slurm_profiles import load_profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
@@ -75,7 +78,8 @@ class LoaderParams(Section):
     """Training and validation input pipelines (pipeline/data/loaders.py)."""
 
     backend: Literal["ffcv", "torchvision"] = "ffcv"
-    num_workers: int = Field(2, ge=0)
+    # auto: the CPUs this rank was given (`workers()`); or a count
+    num_workers: int | Literal["auto"] = "auto"
     os_cache: bool = True  # FFCV: page cache (shared by processes) rather than a private copy
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     train_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
@@ -89,6 +93,25 @@ class LoaderParams(Section):
     val_interpolation: Literal["bilinear", "bicubic"] = "bicubic"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"num_workers {v}: expected a count >= 0 or 'auto'")
+        return v
+
+    def workers(self) -> int:
+        """Loader workers of this process. auto: the CPUs SLURM gave the task (SLURM_CPUS_PER_TASK),
+        else this process's CPUs shared between the ranks on its node (LOCAL_WORLD_SIZE, exported by
+        pipeline.launch). FFCV's threads and the training step share them: on a GPU node the step
+        waits on the GPU, and on a CPU-only node the loader would otherwise idle behind the step."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+            return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
 class DataParams(Section):
@@ -137,7 +160,8 @@ class RecipeParams(Section):
     epochs: int = Field(300, ge=1)
     warmup_epochs: float = Field(5.0, ge=0.0)
     batch_size: int = Field(1024, ge=1)  # global, over all ranks and accumulation steps
-    micro_batch_size: int = Field(128, ge=1)  # per rank per forward/backward
+    # per rank per forward/backward; null: batch_size / ranks (no accumulation), pipeline.train.engine.batch_layout
+    micro_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     lr_reference_batch: int = Field(1024, ge=1)  # lr is scaled by batch_size / lr_reference_batch
     warmup_lr: float = Field(1e-6, ge=0.0)
@@ -153,8 +177,11 @@ class RecipeParams(Section):
     mix: MixParams = MixParams()
     ema: EmaParams = EmaParams()
     zero_stage: Literal[0, 1, 2, 3] = 2
-    # auto: bf16 on GPU; fp32 on CPU. bf16 on CPU = fp32 weights with bf16 autocast.
+    # bf16 = autocast over fp32 weights on every device; auto: bf16 on GPU and on CPUs with native bf16
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # BatchNorm statistics over all ranks' micro-batches in each forward (GPU only); false: per rank,
+    # running statistics averaged over the ranks after every optimiser step
+    sync_bn: bool = False
     checkpoint_every_steps: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every_steps: int = Field(50, ge=1)
@@ -164,7 +191,7 @@ class RecipeParams(Section):
 
     @model_validator(mode="after")
     def _batches(self):
-        if self.batch_size % self.micro_batch_size:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
                              f"{self.micro_batch_size}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
@@ -253,7 +280,7 @@ class LaunchParams(Section):
     """How a training stage starts its processes (pipeline/launch/)."""
 
     # local: submitit LocalExecutor on this machine; slurm: submitit on SLURM, resources from
-    # slurm/profiles/<profile>.yaml (pipeline/launch/profiles.py).
+    # slurm/profiles/<profile>.yaml (pipeline/slurm_profiles.py).
     launcher: Literal["local", "slurm"] = "local"
     profile: str | None = None  # slurm only: a file stem in slurm/profiles/
     tasks: int = Field(1, ge=1)  # processes = torch.distributed ranks (local; SLURM: from the profile)
@@ -262,8 +289,6 @@ class LaunchParams(Section):
     @model_validator(mode="after")
     def _slurm_profile(self):
         if self.launcher == "slurm":
-            from pipeline.launch.profiles import load_profile
-
             if not self.profile:
                 raise ValueError("launcher slurm needs launch.profile (a file stem in slurm/profiles/)")
             load_profile(self.profile)  # unknown profile or bad field: ProfileError naming it

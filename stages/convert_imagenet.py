@@ -109,7 +109,7 @@ def _launch(spec) -> dict | None:
     """Run the stage's job through params.launch; None (after printing why) when it failed."""
     from pipeline.launch.cluster import SubmissionError
     from pipeline.launch.local import LaunchError, watch_parent
-    from pipeline.launch.profiles import ProfileError
+    from pipeline.slurm_profiles import ProfileError
     from pipeline.launch.slurm import SlurmJobError
     from pipeline.launch.stage import StageError, run_stage
 

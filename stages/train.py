@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -22,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
 def train_stage(kind: str, key: str, params_path: str, check=None) -> int:
     """Validate, then launch stage `<kind>_<key>` and wait for it (what every training stage's command
     does); `check(spec)` raises ValueError for what the kind must also hold before launching."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-
+    # DeepSpeed's accelerator is chosen inside each rank, from the device it has
+    # (pipeline.train.engine.select_accelerator): not here, on a login node that may have no GPU
     from pipeline.config import ParamsError, load_params
     from pipeline.launch.stage import StageError, run_stage
     from pipeline.train.stage import make_spec
@@ -39,7 +38,7 @@ def train_stage(kind: str, key: str, params_path: str, check=None) -> int:
         return 2
     from pipeline.launch.cluster import SubmissionError
     from pipeline.launch.local import LaunchError, watch_parent
-    from pipeline.launch.profiles import ProfileError
+    from pipeline.slurm_profiles import ProfileError
     from pipeline.launch.slurm import SlurmJobError
 
     if params.launch.launcher == "local":
@@ -50,12 +49,6 @@ def train_stage(kind: str, key: str, params_path: str, check=None) -> int:
         print(f"error: {err}", file=sys.stderr)  # the message carries the job's log tail
         return 1
     return 0
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _check_data(params) -> None:

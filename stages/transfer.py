@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pipeline.launch.cluster import SubmissionError
     from pipeline.launch.local import LaunchError, watch_parent
-    from pipeline.launch.profiles import ProfileError
+    from pipeline.slurm_profiles import ProfileError
     from pipeline.launch.slurm import SlurmJobError
     from pipeline.launch.stage import StageError, run_stage
 

@@ -112,8 +112,33 @@ def test_a_failing_augmentation_raises_instead_of_hanging(same_images, monkeypat
         raise ValueError("boom")
 
     monkeypatch.setattr(ffcv_ops, "erase_one", broken)
-    with pytest.raises(RuntimeError, match="ValueError: boom"):
+    with pytest.raises(ValueError, match="boom"):  # erasing runs in the consumer's thread now
         next(iter(build_train_loader(data(re_prob=1.0), RES, 8, ffcv_dir=same_images, backend="ffcv")))
+
+
+def test_ffcv_normalises_and_erases_after_a_uint8_copy_as_the_cpu_pipeline_did(same_images):
+    """The loader hands over uint8 NHWC batches with the sample indices (a quarter of float32's bytes
+    to copy to the GPU); DeviceTail normalises and erases where the batch lands, channels_last, with
+    the CPU op's arithmetic and erase_one's draws: the same values as before, bit for bit."""
+    from pipeline.data.ffcv_ops import _normalize_one, erase_one
+    from pipeline.data.seeding import ERASE, python_key
+
+    cfg = data(re_prob=0.5)
+    batches = build_train_loader(cfg, RES, 8, ffcv_dir=same_images, backend="ffcv", seed=5)
+    x, y = next(iter(batches))
+    x, y = x.clone(), y.clone()
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+    norm, batches.tail = batches.tail, None  # now what the loader itself hands over, for the same epoch
+    batches.set_epoch(0, 5)
+    u8, tagged = next(iter(batches))
+    assert u8.dtype == torch.uint8 and u8.shape == (8, RES, RES, 3) and tagged.shape == (8, 2)
+    assert torch.equal(tagged[:, 0], y)
+    # the reference: the CPU op per image, then erase_one on the CPU
+    ref = torch.empty(8, 3, RES, RES)
+    for i in range(8):
+        _normalize_one(u8[i].numpy(), ref[i].numpy(), norm.scale.flatten().numpy(), norm.shift.flatten().numpy())
+        erase_one(ref[i], python_key(5, 0, int(tagged[i, 1]), ERASE), 0.5, 1, mode="pixel")
+    assert torch.equal(x, ref) and x.std() > 0.3  # and a real, normalised batch
 
 
 # --- reproducibility: every draw from (seed, epoch, sample index) ----------------------------------

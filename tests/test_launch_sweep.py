@@ -4,6 +4,7 @@ import pytest
 
 from pipeline.config import load_params
 from pipeline.launch import dag
+from pipeline.train.stage import make_spec
 from tests.repo_copy import REPO
 
 T8 = ["ablation_t8_hr_hr_hr_hr_t", "ablation_t8_hr_hr_hr_t_t", "ablation_t8_hr_hr_t_t_t", "train_hiri_s_448"]
@@ -22,19 +23,20 @@ def test_a_tables_stages_are_those_its_rows_name():
 def test_the_sweep_submits_one_job_per_stale_row(monkeypatch):
     params = load_params(REPO / "params.yaml")
     params = params.model_copy(update={"launch": params.launch.model_copy(update={"launcher": "slurm"})})
-    monkeypatch.setattr("pipeline.config.load_params", lambda path: params)
+    monkeypatch.setattr(dag, "load_params", lambda path: params)
     stale = {"ablation_t8_hr_hr_t_t_t", "train_hiri_s_448"}  # the other two rows as if already reproduced
     monkeypatch.setattr(dag, "stale_stages", lambda root, targets: stale)
     monkeypatch.setattr(dag.slurm, "executor_for", lambda spec, folder: None)
+    monkeypatch.setattr(dag.slurm, "preflight", lambda spec, echo: None)  # tests/test_launch_plan.py
     submitted = []
 
-    def submit(spec, key, dependency=None):
+    def submit(spec, key, dependency=None, planned=False):
         submitted.append((spec.stage, spec.kind, spec.model_factory, dependency))
         return {"job_id": str(100 + len(submitted)), "attached": False}
 
     monkeypatch.setattr(dag.slurm, "submit", submit)
     said = []
-    dag.launch(dag.table_stages(8), REPO, echo=said.append)
+    dag.launch(dag.table_stages(8), make_spec, REPO, echo=said.append)
     assert submitted == [("ablation_t8_hr_hr_t_t_t", "ablation", "pipeline.models.ablations:create_row_model", None),
                          ("train_hiri_s_448", "train", None, None)]
     assert said == ["ablation_t8_hr_hr_t_t_t: submitted job 101", "train_hiri_s_448: submitted job 102"]
@@ -42,9 +44,9 @@ def test_the_sweep_submits_one_job_per_stale_row(monkeypatch):
 
 def test_the_command_takes_tables_and_stages(monkeypatch, capsys):
     asked = []
-    monkeypatch.setattr(dag, "launch", asked.append)
-    assert dag.main(["train_hiri_s_224", "--table", "8"]) == 0
+    monkeypatch.setattr(dag, "launch", lambda targets, make_spec: asked.append(targets))
+    assert dag.main(make_spec, ["train_hiri_s_224", "--table", "8"]) == 0
     assert asked == [["train_hiri_s_224"] + T8]
     assert "then: dvc repro train_hiri_s_224 " + " ".join(T8) in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        dag.main([])
+        dag.main(make_spec, [])

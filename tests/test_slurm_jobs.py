@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.launch import cluster, slurm
-from pipeline.launch.profiles import load_profile
+from pipeline.slurm_profiles import load_profile
 
 pytestmark = pytest.mark.slurm
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from pipeline.config import ParamsError, load_params
-from pipeline.launch.profiles import ProfileError, load_profile, stage_kind, time_to_minutes
+from pipeline.slurm_profiles import ProfileError, load_profile, stage_kind, time_to_minutes
 
 
 def _write(tmp_path, name, data):

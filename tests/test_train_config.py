@@ -72,6 +72,42 @@ def test_batch_layout_over_ranks():
         batch_layout(r, 3)
 
 
+def test_micro_batch_is_derived_from_the_global_batch_unless_set():
+    derived = RecipeParams(batch_size=1024)  # the paper profile: micro_batch_size null
+    assert [(lay.micro_batch, lay.accumulation) for lay in (batch_layout(derived, 8), batch_layout(derived, 16))] \
+        == [(128, 1), (64, 1)]
+    with pytest.raises(BatchLayoutError, match="batch_size 1024 does not split over 12 ranks") as err:
+        batch_layout(derived, 12)
+    assert err.value.field == "batch_size"
+    # an explicit micro-batch too large for the ranks: what 128 per GPU gave on 16 GPUs
+    with pytest.raises(BatchLayoutError, match="128 x 16 ranks = 2048 images per step is more than batch_size 1024") \
+            as err:
+        batch_layout(RecipeParams(batch_size=1024, micro_batch_size=128), 16)
+    assert err.value.field == "micro_batch_size"
+
+
+def test_repo_paper_profile_runs_on_8_and_16_gpus():
+    paper = load_params().train.paper
+    assert paper.micro_batch_size is None and not paper.sync_bn
+    assert batch_layout(paper, 16).micro_batch == 64 and batch_layout(paper, 8).micro_batch == 128
+
+
+def test_loader_workers_follow_the_allocation(monkeypatch):
+    from pipeline.config import LoaderParams
+
+    assert LoaderParams(num_workers=3).workers() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
+    assert LoaderParams().workers() == 12  # auto: what SLURM gave the task
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert LoaderParams().workers() == 4  # this process's CPUs shared between the node's ranks
+    with pytest.raises(ValueError, match="num_workers -1"):
+        LoaderParams(num_workers=-1)
+
+
 def test_linear_lr_scaling():
     assert scaled_lr(RecipeParams(batch_size=512, micro_batch_size=64)) == pytest.approx(5e-4)
 

@@ -38,6 +38,26 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert not (spec.out_dir / "model.pt").exists() and not spec.metrics_file.exists()
 
 
+def test_a_crash_after_training_keeps_the_weights_and_the_rerun_only_evaluates(tmp_path):
+    marker = tmp_path / "fail_once"
+    marker.touch()
+    spec = smoke_spec(tmp_path, smoke_params(epochs=1, max_steps_per_epoch=2), n_train=16, n_val=4,
+                      fail_final_eval=str(marker))
+    with pytest.raises(LaunchError, match="the final evaluation failed"):
+        run_stage(spec)
+    weights = torch.load(spec.out_dir / "model.pt", weights_only=False)  # written before the evaluation
+    assert (spec.ckpt_dir / "latest").read_text() == "step000000002" and not spec.metrics_file.exists()
+    metrics = run_stage(spec)
+    logs = sorted((tmp_path / "outputs" / "submitit" / "train_t").glob("*_0_log.out"), key=lambda p: p.stat().st_mtime)
+    out = logs[-1].read_text()  # rank 0 of the rerun
+    assert "resuming from checkpoint step000000002: epoch 2, step 2/2" in out, out
+    assert " step 1/2 " not in out and " step 2/2 loss" not in out, out  # no training step ran again
+    assert set(metrics) >= {"top1", "v2_top1", "gflops"} and spec.metrics_file.is_file()
+    again = torch.load(spec.out_dir / "model.pt", weights_only=False)
+    assert all(torch.equal(again["state_dict"][k], v) for k, v in weights["state_dict"].items())
+    assert not spec.ckpt_dir.exists()  # cleared once the run completed
+
+
 def _driver(root: Path, cfg: dict, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.train.synthetic", str(root), json.dumps(cfg)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -45,8 +45,58 @@ def test_dead_server_warns_once_and_gives_up_fast(monkeypatch):
     t.log_metrics({"loss": 1.0}, step=1)
     t.finish()
     assert time.monotonic() - t0 < 30
-    assert len(warnings) == 1
+    # one warning when it failed, one at the end naming what was never sent
+    assert len(warnings) == 2, warnings
     assert "MLflow tracking at http://127.0.0.1:9 failed" in warnings[0] and "training continues" in warnings[0]
+    assert "still did not answer when the run ended: 3 tracking call(s) not logged" in warnings[1]
+
+
+def test_an_outage_is_bridged_the_calls_it_missed_arrive_in_order(tmp_path, monkeypatch):
+    """The store fails at opening the run and again mid-run, then answers: the run opens late (and
+    says so through on_open), every metric arrives with its own step, the run finishes; the
+    reconnection waits out its back-off instead of trying at every call."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    down = {"on": True}
+    tries = []
+    real_create, real_batch = MlflowClient.create_run, MlflowClient.log_batch
+
+    def outage(real):
+        def call(self, *args, **kwargs):
+            tries.append(real.__name__)
+            if down["on"]:
+                raise mlflow.exceptions.MlflowException("API request failed: Connection refused")
+            return real(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(MlflowClient, "create_run", outage(real_create))
+    monkeypatch.setattr(MlflowClient, "log_batch", outage(real_batch))
+    now = {"t": 0.0}
+    warnings, notes, opened = [], [], []
+    t = Tracker("table2-imagenet", "x@1", {"dvc_stage": "train_x"}, uri=uri, warn=warnings.append, note=notes.append,
+                on_open=opened.append, clock=lambda: now["t"])
+    assert t.start() is None and len(warnings) == 1 and opened == []
+    t.log_params({"recipe.lr": "0.001"})
+    for step in (1, 2, 3):
+        t.log_metrics({"val_top1": 10.0 * step}, step=step)
+    assert tries.count("create_run") == 1  # within the back-off: kept, not retried
+    down["on"] = False
+    now["t"] = 31.0  # past the first back-off
+    t.log_metrics({"val_top1": 40.0}, step=4)
+    assert len(opened) == 1 and t.online and "answers again: 5 kept call(s) sent" in notes[-1]
+    down["on"] = True  # a second outage, mid-run
+    t.log_metrics({"val_top1": 50.0}, step=5)
+    assert len(warnings) == 2 and not t.online
+    down["on"] = False
+    t.finish()  # the last chance is taken whatever the back-off
+    c = MlflowClient(tracking_uri=uri)
+    run = c.get_run(opened[0])
+    assert run.info.status == "FINISHED" and run.data.params["recipe.lr"] == "0.001"
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "val_top1")] == \
+        [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0), (5, 50.0)]
+    assert len(warnings) == 2  # nothing lost: no final warning
 
 
 def test_stage_run_lands_beside_its_paper_row_in_a_model_training_experiment(tmp_path, monkeypatch):

@@ -8,8 +8,10 @@ sample indices from FFCV, and the later operations ask for them (`with_indices`)
 - `SeededRandomResizedCropDecoder`: decode + RandomResizedCrop (FFCV's crop sampler and its
   resize_crop, INTER_AREA) + horizontal flip, in one compiled pass.
 - `RandAugmentOp`: timm's RandAugment, compiled (pipeline.data.randaugment).
-- `SeededRandomErasing`: timm's RandomErasing on the normalised batch, one torch generator per
-  image.
+- `LabelWithIndex`: the label and the sample's index, so that the steps after the loader can
+  seed their draws per sample too.
+- `DeviceTail`: the last steps, on the training device, after a batched uint8 copy (a quarter of
+  float32's bytes over PCIe): normalisation and timm's RandomErasing, one generator per image.
 - `os_cache_reader`: FFCV's page-cache reader without its side effect on numba's types.
 """
 from __future__ import annotations
@@ -174,10 +176,10 @@ class RandAugmentOp(Operation):
 
 
 class NormalizeToCHW(Operation):
-    """HWC uint8 images -> CHW float32 (x / 255 - mean) / std, compiled, in one pass.
+    """HWC uint8 images -> CHW float32 (x / 255 - mean) / std, compiled, in one pass on the CPU.
 
-    Replaces FFCV's NormalizeImage + ToTorchImage (two passes and a copy into channels-first) and
-    writes into a buffer FFCV allocates once per slot."""
+    Training normalises on the device instead (DeviceTail, the same arithmetic); bench/loader.py
+    times this CPU op as the loader's cost of that step."""
 
     def __init__(self, mean, std):
         super().__init__()
@@ -222,7 +224,8 @@ def erase_one(img: torch.Tensor, key: int, probability: float, count: int, min_a
     """timm's RandomErasing._erase on one normalised CHW image, in place, its draws from `key`.
 
     Same defaults as timm (area 2-33 %, aspect 0.3-3.3); mode pixel: per-pixel N(0, 1) noise,
-    rand: one N(0, 1) colour per box, const: zeros.
+    rand: one N(0, 1) colour per box, const: zeros. The boxes are drawn on the host, the noise on
+    the image's device (on the CPU, the values the CPU loader drew before this ran on the device).
     """
     k = 0
 
@@ -235,7 +238,7 @@ def erase_one(img: torch.Tensor, key: int, probability: float, count: int, min_a
         return
     chan, img_h, img_w = img.shape
     area = img_h * img_w
-    gen = torch.Generator().manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+    gen = torch.Generator(device=img.device).manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
     for _ in range(count):
         for _attempt in range(10):
             target_area = (min_area + (max_area - min_area) * draw()) * area / count
@@ -246,38 +249,58 @@ def erase_one(img: torch.Tensor, key: int, probability: float, count: int, min_a
                 top = int(draw() * (img_h - h + 1))
                 left = int(draw() * (img_w - w + 1))
                 if mode == "pixel":
-                    fill = torch.empty((chan, h, w), dtype=img.dtype).normal_(generator=gen)
+                    fill = torch.empty((chan, h, w), dtype=img.dtype, device=img.device).normal_(generator=gen)
                 elif mode == "rand":
-                    fill = torch.empty((chan, 1, 1), dtype=img.dtype).normal_(generator=gen)
+                    fill = torch.empty((chan, 1, 1), dtype=img.dtype, device=img.device).normal_(generator=gen)
                 else:
-                    fill = torch.zeros((chan, 1, 1), dtype=img.dtype)
+                    fill = torch.zeros((chan, 1, 1), dtype=img.dtype, device=img.device)
                 img[:, top:top + h, left:left + w] = fill
                 break
 
 
-class SeededRandomErasing(Operation):
-    """Random Erasing on the normalised float batch (torch, not compiled), seeded per sample."""
-
-    def __init__(self, probability: float, mode: str, count: int, cell: EpochCell, errors: list):
-        super().__init__()
-        if mode not in ("pixel", "rand", "const"):
-            raise ValueError(f"random erasing mode {mode!r}: expected pixel, rand or const")
-        self.probability, self.mode, self.count, self.cell, self.errors = probability, mode, count, cell, errors
+class LabelWithIndex(Operation):
+    """(B, 1) labels -> (B, 2) int64 rows [label, sample index] (not compiled: a copy per batch)."""
 
     def generate_code(self) -> Callable:
-        p, mode, count, cell, errors = self.probability, self.mode, self.count, self.cell, self.errors
+        def tag(labels, dst, indices):
+            n = len(indices)
+            dst[:n, 0] = labels[:n, 0]
+            dst[:n, 1] = indices
+            return dst[:n]
 
-        def erase(batch, _dst, indices):
-            try:
-                for i in range(batch.shape[0]):
-                    erase_one(batch[i], python_key(cell.seed, cell.epoch, int(indices[i]), ERASE), p, count,
-                              mode=mode)
-            except Exception as err:  # noqa: BLE001 -- FFCV's thread dies silently; the loader wrapper raises it
-                errors.append(err)
-            return batch
-
-        erase.with_indices = True
-        return erase
+        tag.with_indices = True
+        return tag
 
     def declare_state_and_memory(self, previous_state):
-        return replace(previous_state, jit_mode=False), None
+        return (replace(previous_state, jit_mode=False, shape=(2,), dtype=np.dtype("int64")),
+                AllocationQuery((2,), np.dtype("int64")))
+
+
+class DeviceTail:
+    """The training pipeline's last steps on the training device: a uint8 NHWC batch becomes
+    float32 (x / 255 - mean) / std, NCHW in shape and channels_last in memory (NHWC's own bytes,
+    no reorder), then Random Erasing per image seeded from (seed, epoch, sample index).
+
+    The arithmetic is NormalizeToCHW's (float32 multiply, then subtract: the same roundings), and
+    the erasing is erase_one's, so on the CPU the batches are bit for bit those the loader made
+    on the CPU before (tests/test_data_loaders.py)."""
+
+    def __init__(self, mean, std, re_prob: float, re_mode: str, re_count: int, cell: EpochCell,
+                 device: torch.device | str = "cpu"):
+        if re_mode not in ("pixel", "rand", "const"):
+            raise ValueError(f"random erasing mode {re_mode!r}: expected pixel, rand or const")
+        norm = NormalizeToCHW(mean, std)
+        self.device = torch.device(device)
+        self.scale = torch.from_numpy(norm.scale).view(1, 3, 1, 1).to(self.device)
+        self.shift = torch.from_numpy(norm.shift).view(1, 3, 1, 1).to(self.device)
+        self.re_prob, self.re_mode, self.re_count, self.cell = re_prob, re_mode, re_count, cell
+
+    def __call__(self, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x.mul_(self.scale).sub_(self.shift)
+        if self.re_prob > 0:
+            seed, epoch = self.cell.seed, self.cell.epoch
+            for i, index in enumerate(indices):
+                erase_one(x[i], python_key(seed, epoch, int(index), ERASE), self.re_prob, self.re_count,
+                          mode=self.re_mode)
+        return x

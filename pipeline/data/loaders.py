@@ -14,7 +14,7 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 
@@ -63,8 +63,10 @@ class Batches:
     num_classes: int
     batch_size: int
     sampler: object = None  # torchvision + distributed: reshuffled per epoch
-    errors: list = field(default_factory=list)  # failures inside FFCV's loader thread
     cell: EpochCell | None = None  # (seed, epoch) the seeded augmentations read
+    # FFCV training: the steps after the loader, on the training device (ffcv_ops.DeviceTail); the
+    # loader's labels are then [label, sample index] rows
+    tail: Callable | None = None
     torch_threads: int | None = None  # FFCV: torch's intra-op thread count to keep (see _keep_threads)
     _epoch: int = 0
 
@@ -112,10 +114,9 @@ class Batches:
         try:
             for images, labels in it:
                 self._keep_threads()  # the epoch thread has set it before its first batch
-                if self.errors:
-                    err = self.errors[0]
-                    raise RuntimeError(f"{self.backend} {self.split} pipeline failed in {len(self.errors)} place(s); "
-                                       f"first: {type(err).__name__}: {err}") from err
+                if self.tail is not None:
+                    labels, indices = labels[:, 0], labels[:, 1]
+                    images = self.tail(images, indices.tolist())
                 yield images, labels.long()
         finally:  # the epoch ended, or its consumer let go of it (break, del, an exception)
             if self._running.iterator is it:
@@ -235,7 +236,8 @@ def _torchvision(files, transform, batch_size, num_workers, shuffle, drop_last, 
 
 # --- FFCV backend -------------------------------------------------------------------------------
 
-def _ffcv(path, image_pipeline, batch_size, cfg: LoaderParams, num_workers, train, drop_last, distributed, seed):
+def _ffcv(path, image_pipeline, batch_size, cfg: LoaderParams, num_workers, train, drop_last, distributed, seed,
+          indices=None):
     from ffcv.loader import Loader, OrderOption
     from ffcv.memory_managers import OSCacheManager
 
@@ -244,8 +246,8 @@ def _ffcv(path, image_pipeline, batch_size, cfg: LoaderParams, num_workers, trai
     OSCacheManager.compile_reader = os_cache_reader  # FFCV's own alters numba's types (see there)
     return Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=cfg.os_cache,
                   order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, distributed=distributed,
-                  seed=seed, drop_last=drop_last,
-                  pipelines={"image": image_pipeline, "label": T.ffcv_label_pipeline()})
+                  seed=seed, drop_last=drop_last, indices=indices,
+                  pipelines={"image": image_pipeline, "label": T.ffcv_label_pipeline(with_index=train)})
 
 
 # --- public -------------------------------------------------------------------------------------
@@ -253,24 +255,27 @@ def _ffcv(path, image_pipeline, batch_size, cfg: LoaderParams, num_workers, trai
 def build_train_loader(params: Params | DataParams, resolution: int, batch_size: int, *,
                        ffcv_dir: str | Path = FFCV_DIR, backend: Backend | None = None,
                        num_workers: int | None = None, seed: int = 0, distributed: bool = False,
-                       drop_last: bool = True) -> Batches:
+                       drop_last: bool = True, device: torch.device | str | None = None) -> Batches:
     """Shuffled training batches with the paper's augmentation at `resolution`.
 
-    backend / num_workers default to data.loader.backend / data.loader.num_workers.
+    backend / num_workers default to data.loader.backend / data.loader.workers(). FFCV: the images
+    travel as uint8 and are normalised and erased on `device` (default the CPU), where they arrive
+    channels_last; torchvision: every step in the worker processes, on the CPU.
     """
     d = _data_params(params)
     cfg = d.loader
     backend = backend or cfg.backend
-    workers = cfg.num_workers if num_workers is None else num_workers
+    workers = cfg.workers() if num_workers is None else num_workers
     manifest = load_manifest(ffcv_dir)
     entry = split_entry(manifest, "train", ffcv_dir)
-    errors: list = []
     cell = EpochCell(seed, 0)
+    tail = None
     threads = torch.get_num_threads()  # before FFCV changes it (Batches._keep_threads)
     if backend == "ffcv":
         path = beton_path(manifest, "train", resolution, cfg.val_crop_pct, ffcv_dir)
-        pipeline = T.ffcv_train_image_pipeline(cfg, resolution, cell, errors)
+        pipeline = T.ffcv_train_image_pipeline(cfg, resolution, cell, device=device)
         loader, sampler = _ffcv(path, pipeline, batch_size, cfg, workers, True, drop_last, distributed, seed), None
+        tail = T.ffcv_train_tail(cfg, cell, device)
     elif backend == "torchvision":
         files = manifest_files(manifest, "train", ffcv_dir)
         loader, sampler = _torchvision(files, T.train_transform(cfg, resolution), batch_size, workers,
@@ -278,7 +283,7 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
     batches = Batches(loader, backend, "train", entry["images"], len(manifest["classes"]), batch_size, sampler,
-                      errors, cell, threads if backend == "ffcv" else None)
+                      cell=cell, torch_threads=threads if backend == "ffcv" else None, tail=tail)
     batches._keep_threads()
     return batches
 
@@ -286,30 +291,35 @@ def build_train_loader(params: Params | DataParams, resolution: int, batch_size:
 def build_val_loader(params: Params | DataParams, resolution: int, batch_size: int, *,
                      split: Literal["val", "v2"] = "val", ffcv_dir: str | Path = FFCV_DIR,
                      backend: Backend | None = None, num_workers: int | None = None,
-                     distributed: bool = False) -> Batches:
+                     distributed: bool = False, shard: tuple[int, int] = (0, 1)) -> Batches:
     """Evaluation batches of `split` (val or v2) in file order: resize, centre crop, normalise.
 
     Every image is yielded once (no drop_last); with distributed=True FFCV and the sampler pad
     the last batch by repeating images, so exact counts need the non-distributed loader.
+    shard=(rank, world): only images rank, rank + world, ... (each image in exactly one shard).
     """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {shard}: expected (rank, world) with 0 <= rank < world")
     d = _data_params(params)
     cfg = d.loader
     backend = backend or cfg.backend
-    workers = cfg.num_workers if num_workers is None else num_workers
+    workers = cfg.workers() if num_workers is None else num_workers
     manifest = load_manifest(ffcv_dir)
     entry = split_entry(manifest, split, ffcv_dir)
     threads = torch.get_num_threads()  # before FFCV changes it (Batches._keep_threads)
     if backend == "ffcv":
         path = beton_path(manifest, split, resolution, cfg.val_crop_pct, ffcv_dir)
+        indices = None if world == 1 else list(range(rank, entry["images"], world))
         loader, sampler = _ffcv(path, T.ffcv_val_image_pipeline(cfg, resolution), batch_size, cfg,
-                                workers, False, False, distributed, 0), None
+                                workers, False, False, distributed, 0, indices), None
     elif backend == "torchvision":
-        files = manifest_files(manifest, split, ffcv_dir)
+        files = manifest_files(manifest, split, ffcv_dir)[rank::world]
         loader, sampler = _torchvision(files, T.val_transform(cfg, resolution), batch_size, workers,
                                        False, False, distributed, 0)
     else:
         raise ValueError(f"backend {backend!r}: expected 'ffcv' or 'torchvision' (data.loader.backend)")
-    batches = Batches(loader, backend, split, entry["images"], len(manifest["classes"]), batch_size, sampler,
-                      torch_threads=threads if backend == "ffcv" else None)
+    batches = Batches(loader, backend, split, len(range(rank, entry["images"], world)), len(manifest["classes"]),
+                      batch_size, sampler, torch_threads=threads if backend == "ffcv" else None)
     batches._keep_threads()
     return batches

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 from timm.data.random_erasing import RandomErasing
@@ -89,13 +90,15 @@ def random_erasing(cfg: LoaderParams) -> RandomErasing | None:
 
 # --- FFCV operations ----------------------------------------------------------------------------
 
-def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, cell, errors: list, *,
+def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, cell, *, device=None,
                               rand_augment_on: bool = True) -> list:
-    """The training recipe as FFCV operations, every draw seeded per sample from `cell` (an
-    EpochCell: run seed and epoch). rand_augment_on=False drops RandAugment (benchmarks)."""
-    from ffcv.transforms import ToTensor
+    """The training recipe as FFCV operations up to uint8 HWC batches, every draw seeded per sample
+    from `cell` (an EpochCell: run seed and epoch); a CUDA `device` adds FFCV's ToDevice (pinned,
+    asynchronous). Normalisation and Random Erasing follow on the device (ffcv_ops.DeviceTail).
+    rand_augment_on=False drops RandAugment (benchmarks)."""
+    from ffcv.transforms import ToDevice, ToTensor
 
-    from pipeline.data.ffcv_ops import NormalizeToCHW, RandAugmentOp, SeededRandomErasing, SeededRandomResizedCropDecoder
+    from pipeline.data.ffcv_ops import RandAugmentOp, SeededRandomResizedCropDecoder
     from pipeline.data.randaugment import RandAugmentSpec
 
     ops = [SeededRandomResizedCropDecoder((resolution, resolution), cell, scale=tuple(cfg.scale),
@@ -104,10 +107,17 @@ def ffcv_train_image_pipeline(cfg: LoaderParams, resolution: int, cell, errors: 
     if ra is not None:
         # timm's own object is read for the op set, magnitudes and fill, so both backends agree.
         ops.append(RandAugmentOp(RandAugmentSpec.from_timm(ra.transforms[0]), cell))
-    ops += [NormalizeToCHW(cfg.mean, cfg.std), ToTensor()]
-    if cfg.re_prob > 0:
-        ops.append(SeededRandomErasing(cfg.re_prob, cfg.re_mode, cfg.re_count, cell, errors))
+    ops.append(ToTensor())
+    if device is not None and torch.device(device).type == "cuda":
+        ops.append(ToDevice(torch.device(device), non_blocking=True))
     return ops
+
+
+def ffcv_train_tail(cfg: LoaderParams, cell, device=None):
+    """What follows ffcv_train_image_pipeline, on `device` (default the CPU)."""
+    from pipeline.data.ffcv_ops import DeviceTail
+
+    return DeviceTail(cfg.mean, cfg.std, cfg.re_prob, cfg.re_mode, cfg.re_count, cell, device or "cpu")
 
 
 def ffcv_val_image_pipeline(cfg: LoaderParams, resolution: int) -> list:
@@ -121,8 +131,13 @@ def ffcv_val_image_pipeline(cfg: LoaderParams, resolution: int) -> list:
             NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage(channels_last=False)]
 
 
-def ffcv_label_pipeline() -> list:
+def ffcv_label_pipeline(with_index: bool = False) -> list:
+    """Labels as (B,) int64; with_index: (B, 2) rows [label, sample index] (the training tail's seeds)."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToTensor
 
+    if with_index:
+        from pipeline.data.ffcv_ops import LabelWithIndex
+
+        return [IntDecoder(), LabelWithIndex(), ToTensor()]
     return [IntDecoder(), ToTensor(), Squeeze(1)]

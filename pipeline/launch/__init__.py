@@ -1,1 +1,2 @@
-"""Launching work through submitit: the local executor here; SLURM profiles join it later."""
+"""Launching work through submitit: local processes or SLURM jobs (profiles: pipeline/slurm_profiles.py),
+and the `python -m pipeline.launch` command (submit, or --plan)."""

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 
-from .profiles import StageRequest, mem_to_mb, time_to_minutes
+from pipeline.slurm_profiles import StageRequest, mem_to_mb, time_to_minutes
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "PREEMPTED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
@@ -23,10 +23,21 @@ class SubmissionError(RuntimeError):
     """The request does not fit the cluster, or sbatch refused it; the message names the field."""
 
 
+class ClusterUnreachable(SubmissionError):
+    """No SLURM client here, or the controller does not answer: what only the cluster knows is unchecked."""
+
+
 def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     if shutil.which(cmd[0]) is None:
-        raise SubmissionError(f"{cmd[0]} not found: no SLURM client on this machine (slurm/local/up.sh installs one)")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=check)
+        raise ClusterUnreachable(f"{cmd[0]} not found: no SLURM client on this machine (slurm/local/up.sh "
+                                 f"installs one)")
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=check)
+    except subprocess.CalledProcessError as err:
+        raise ClusterUnreachable(f"`{' '.join(cmd)}` failed (exit {err.returncode}): "
+                                 f"{(err.stderr or '').strip()[:300]}") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterUnreachable(f"`{' '.join(cmd)}` did not answer within 60 s") from None
 
 
 def _kv(text: str) -> dict[str, str]:

@@ -41,7 +41,7 @@ from submitit.helpers import Checkpointable
 
 from . import cluster
 from .local import follow
-from .profiles import load_profile, stage_kind
+from pipeline.slurm_profiles import load_profile, stage_kind
 
 # job states after which no result is coming
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED_FINAL"}
@@ -100,6 +100,24 @@ def staged_spec(spec, key: str):
                    plots_file=staged / "plots.json" if spec.plots_file is not None else None)
 
 
+def profile_ranks(spec) -> dict:
+    """The ranks the SLURM profile gives the spec's stage kind: nodes, tasks and GPUs per node."""
+    req = load_profile(spec.params.launch.profile).request(stage_kind(spec.stage))
+    return {"nodes": req.nodes, "tasks_per_node": req.ntasks_per_node, "gpus_per_node": req.gpus_per_node}
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def preflight(spec, echo=_say) -> None:
+    """The spec's own plan on the profile's ranks, printed (a spec without `plan` has none): raises
+    a SubmissionError naming the params key when the layout cannot work, before anything is queued."""
+    if hasattr(spec, "plan"):
+        for line in spec.plan(**profile_ranks(spec)).lines():
+            echo(f"[slurm] {line}")
+
+
 def executor_for(spec, folder: Path, dependency: list[str] | None = None) -> QueueExecutor:
     """A submitit executor for `spec`'s stage kind, validated against the live cluster first."""
     profile = load_profile(spec.params.launch.profile)
@@ -154,8 +172,9 @@ def _attachable(rec: dict) -> bool:
     return state in cluster.ACTIVE or state == "COMPLETED" or Path(rec["result"]).exists()
 
 
-def submit(spec, key: str, dependency: list[str] | None = None) -> dict:
-    """Submit the stage's job (or return the live one with the same key); record it."""
+def submit(spec, key: str, dependency: list[str] | None = None, planned: bool = False) -> dict:
+    """Submit the stage's job (or return the live one with the same key); record it. Unless
+    `planned` (the launch command checks every stage first), the preflight runs before submitting."""
     root = Path(spec.repo_root)
     with _locked(jobs_dir(root) / spec.stage):
         old = read_record(root, spec.stage)
@@ -165,6 +184,8 @@ def submit(spec, key: str, dependency: list[str] | None = None) -> dict:
         elif old and cluster.job_state(old["job_id"]) in cluster.ACTIVE:
             print(f"[slurm] note: job {old['job_id']} still runs {spec.stage} for other params or code "
                   f"(key {old['key'][:12]}); `scancel {old['job_id']}` if it is no longer wanted", flush=True)
+        if not planned:
+            preflight(spec)
         job_spec = staged_spec(spec, key)
         shutil.rmtree(job_spec.out_dir.parent, ignore_errors=True)  # no leftovers of an earlier try
         folder = root / "outputs" / "submitit" / spec.stage

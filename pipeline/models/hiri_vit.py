@@ -160,7 +160,7 @@ class HiriViT(nn.Module):
         self.num_features = self.head_hidden_size = widths[-1]
         self.grad_checkpointing = False
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under torch.device("meta")
         dpr_per_stage = [dpr[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(5)]
         self.stem = HRStem(in_chans, stem_width or widths[0], widths[0], stride=self.stem_stride)
         self.downsamples = nn.ModuleList(

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from .collectives import barrier
 
 MARKER = "COMPLETE"
 POINTER = "latest"
@@ -101,11 +102,6 @@ def set_rng_state(state: dict) -> None:
 
 def tag_for(step: int) -> str:
     return f"step{step:09d}"
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class CheckpointStore:

@@ -25,9 +25,11 @@ from pipeline.config import Params
 class TrainData(Protocol):
     num_classes: int
 
-    def train(self, micro_batch: int, seed: int, world_size: int) -> object: ...
+    def train(self, micro_batch: int, seed: int, world_size: int, device: torch.device | None = None) -> object:
+        """This rank's training batches; they may arrive on `device` already."""
 
-    def evaluation(self, split: str, batch: int) -> object | None: ...
+    def evaluation(self, split: str, batch: int, rank: int = 0, world: int = 1) -> object | None:
+        """Rank `rank`'s shard of `split` (every image in exactly one shard), None if no such split."""
 
 
 def epoch_batches(batches, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -53,17 +55,17 @@ class ProjectData:
         self.num_classes = len(manifest["classes"])
         self.splits = set(manifest["splits"])
 
-    def train(self, micro_batch: int, seed: int, world_size: int):
+    def train(self, micro_batch: int, seed: int, world_size: int, device: torch.device | None = None):
         from pipeline.data.loaders import build_train_loader
 
         return build_train_loader(self.params, self.img_size, micro_batch, ffcv_dir=self.ffcv_dir,
                                   backend=self.backend, num_workers=self.num_workers, seed=seed,
-                                  distributed=world_size > 1, drop_last=True)
+                                  distributed=world_size > 1, drop_last=True, device=device)
 
-    def evaluation(self, split: str, batch: int):
+    def evaluation(self, split: str, batch: int, rank: int = 0, world: int = 1):
         from pipeline.data.loaders import build_val_loader
 
         if split not in self.splits:
             return None
         return build_val_loader(self.params, self.img_size, batch, split=split, ffcv_dir=self.ffcv_dir,
-                                backend=self.backend, num_workers=self.num_workers)
+                                backend=self.backend, num_workers=self.num_workers, shard=(rank, world))

@@ -20,7 +20,12 @@ if TYPE_CHECKING:  # a type only: bench/gpu_smoke.py runs this on machines witho
 
 
 class BatchLayoutError(ValueError):
-    """The global batch cannot be split into micro-batches over the ranks."""
+    """The global batch cannot be split into micro-batches over the ranks; `field` is the recipe
+    key to change (batch_size or micro_batch_size)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,23 @@ class BatchLayout:
 
 
 def batch_layout(recipe: RecipeParams, world_size: int) -> BatchLayout:
-    per_step = recipe.micro_batch_size * world_size
-    if recipe.batch_size % per_step:
-        raise BatchLayoutError(
-            f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size "
-            f"{recipe.micro_batch_size} x {world_size} ranks = {per_step}")
-    return BatchLayout(recipe.batch_size, recipe.micro_batch_size, recipe.batch_size // per_step, world_size)
+    """The recipe's global batch over `world_size` ranks. The micro-batch per rank is the recipe's
+    when it sets one (accumulation fills the rest), else batch_size / world_size (none)."""
+    batch, micro = recipe.batch_size, recipe.micro_batch_size
+    if micro is None:
+        if batch % world_size:
+            raise BatchLayoutError("batch_size", f"batch_size {batch} does not split over {world_size} ranks "
+                                   f"(micro_batch_size null: batch_size / ranks); use a rank count that divides "
+                                   f"it, or set micro_batch_size")
+        return BatchLayout(batch, batch // world_size, 1, world_size)
+    per_step = micro * world_size
+    if per_step > batch:
+        raise BatchLayoutError("micro_batch_size", f"micro_batch_size {micro} x {world_size} ranks = {per_step} "
+                               f"images per step is more than batch_size {batch}: lower it")
+    if batch % per_step:
+        raise BatchLayoutError("micro_batch_size", f"batch_size {batch} is not a multiple of micro_batch_size "
+                               f"{micro} x {world_size} ranks = {per_step}")
+    return BatchLayout(batch, micro, batch // per_step, world_size)
 
 
 def scaled_lr(recipe: RecipeParams) -> float:
@@ -66,8 +82,8 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """'fp32' or 'bf16'. auto: bf16 on GPU; on CPU bf16 autocast only where the processor has
-    native bf16 (otherwise emulated bf16 is slower than fp32)."""
+    """'fp32' or 'bf16' (bf16 autocast over fp32 weights, on every device). auto: bf16 on GPU; on
+    CPU only where the processor has native bf16 (otherwise emulated bf16 is slower than fp32)."""
     if requested != "auto":
         if requested == "bf16" and device.type == "cpu" and not cpu_has_bf16():
             raise ValueError("precision 'bf16' requested but this CPU has no native bf16 (avx512_bf16/amx)")
@@ -84,6 +100,17 @@ def zero_stage(recipe: RecipeParams, world_size: int) -> int:
     return recipe.zero_stage if world_size > 1 else 0
 
 
+def sync_batchnorm(model: nn.Module, sync: bool, device: torch.device, world_size: int) -> nn.Module:
+    """The model with SyncBatchNorm where `sync` asks for it and there are ranks to sync (torch's
+    SyncBatchNorm reduces on GPUs only, so a CPU run that asks for it is refused)."""
+    if not sync or world_size == 1:
+        return model
+    if device.type != "cuda":
+        raise ValueError(f"sync_bn true needs GPUs (torch's SyncBatchNorm reduces on CUDA only); this rank runs "
+                         f"on {device.type}: set sync_bn false")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def deepspeed_config(recipe: RecipeParams, layout: BatchLayout, device: torch.device, precision: str,
                      stage: int | None = None) -> dict:
     stage = zero_stage(recipe, layout.world_size) if stage is None else stage
@@ -98,9 +125,12 @@ def deepspeed_config(recipe: RecipeParams, layout: BatchLayout, device: torch.de
         "gradient_accumulation_steps": layout.accumulation,
         "gradient_clipping": recipe.clip_grad or 0.0,
         "zero_optimization": zero,
-        # On GPU DeepSpeed keeps bf16 weights with fp32 master copies. On CPU the weights stay
-        # fp32 and the loop autocasts the forward to bf16 instead (pipeline.train.loop).
-        "bf16": {"enabled": device.type == "cuda" and precision == "bf16"},
+        # Never DeepSpeed's bf16 mode: it casts the parameters to bf16 but not BatchNorm's running
+        # statistics, and batch_norm then refuses the mix ("expected scalar type BFloat16 but found
+        # Float"; tests/test_train_fast_path.py shows it on the CPU). bf16 is torch.autocast over fp32
+        # weights instead, on every device (pipeline.train.loop): fp32 master weights, optimiser
+        # and BN statistics, bf16 matmuls and convolutions.
+        "bf16": {"enabled": False},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
@@ -118,9 +148,31 @@ def _fused_ok(model: nn.Module) -> bool:
     return p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
+def select_accelerator(device: torch.device) -> str:
+    """Make DeepSpeed run on `device`'s kind ("cuda" or "cpu"), decided here, inside the job, from
+    what the allocation has: an inherited DS_ACCELERATOR (exported on a login node without GPUs and
+    passed on by sbatch) would put the engine on the CPU beside CUDA batches. DeepSpeed reads the
+    variable once, when first imported; an engine module imported earlier is switched explicitly."""
+    import sys
+
+    name = "cuda" if device.type == "cuda" else "cpu"
+    os.environ["DS_ACCELERATOR"] = name
+    if "deepspeed" in sys.modules:
+        from deepspeed.accelerator import get_accelerator, set_accelerator
+
+        if get_accelerator().device_name() != name:
+            if name == "cuda":
+                from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+            else:
+                from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+            set_accelerator(Accelerator())
+    return name
+
+
 def init_distributed(device: torch.device) -> None:
     """torch.distributed from the env:// variables (exported from submitit's JobEnvironment by
-    pipeline.launch); gloo on CPU, NCCL on GPU."""
+    pipeline.launch); gloo on CPU, NCCL on GPU; DeepSpeed's accelerator from `device`."""
+    select_accelerator(device)
     import deepspeed
 
     for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -165,6 +217,6 @@ def build_engine(model: nn.Module, recipe: RecipeParams, layout: BatchLayout, de
 
 def weights_take_memory_format(config: dict) -> bool:
     """Whether the weights can be laid out as MEMORY_FORMAT: not where DeepSpeed holds them as views
-    of its flat buffers (ZeRO-1/2, bf16 on GPU). There they stay NCHW; batches and activations are
-    still NHWC, and the convolutions follow their input's layout."""
-    return config["zero_optimization"]["stage"] == 0 and not config["bf16"]["enabled"]
+    of its flat buffers (ZeRO-1/2). There they stay NCHW; batches and activations are still NHWC,
+    and the convolutions follow their input's layout."""
+    return config["zero_optimization"]["stage"] == 0

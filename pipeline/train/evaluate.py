@@ -1,10 +1,12 @@
 """Evaluation: Top-1 / Top-5 counts over a loader, and a model's cost (params, GFLOPs, throughput).
 
-Accuracy is exact (every image once, no padding): the loaders are built non-distributed and
-evaluation runs on rank 0. Cost follows the project conventions (design.md): GFLOPs are
-multiply-adds from fvcore at batch 1, throughput is inference images/s at a fixed batch, of the
-model as one would deploy it (pipeline.models.deploy.inference_model: BatchNorm folded,
-channels_last) at the run's precision.
+Accuracy is exact (every image once, no padding): every rank evaluates its own shard of the
+loader (pipeline.train.data: every world-th image from its rank on) and the counts are summed over
+the ranks, so the ranks finish together and no rank waits in a collective for a long pass on
+another. The counts stay on the device until that one all-reduce. Cost follows the project
+conventions (design.md): GFLOPs are multiply-adds from fvcore at batch 1, throughput is inference
+images/s at a fixed batch, of the model as one would deploy it
+(pipeline.models.deploy.inference_model: BatchNorm folded, channels_last) at the run's precision.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import torch
 from torch import nn
 
 from pipeline.models.deploy import inference_model
+
+from .collectives import all_reduce
 
 
 @dataclass
@@ -49,14 +53,14 @@ def bf16_native(device: torch.device) -> bool:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches, device: torch.device, precision: str = "fp32",
-             max_batches: int | None = None, teacher_map: bool = False) -> Accuracy:
+             teacher_map: bool = False) -> Accuracy:
+    """Top-1/Top-5 over `batches` (this rank's shard), summed over the ranks: every rank calls it."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = map_correct = agree = n = 0
+    # correct top-1, correct top-5, map top-1 correct, map agrees with the model's top-1, images
+    counts = torch.zeros(5, dtype=torch.int64, device=device)
     try:
-        for i, (x, y) in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
+        for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 features = model.forward_features(x)
@@ -66,15 +70,16 @@ def accuracy(model: nn.Module, batches, device: torch.device, precision: str = "
             k = min(5, logits.shape[1])
             top = logits.float().topk(k, dim=1).indices
             hit = top.eq(y[:, None])
-            correct1 += int(hit[:, 0].sum())
-            correct5 += int(hit.any(dim=1).sum())
+            counts[0] += hit[:, 0].sum()
+            counts[1] += hit.any(dim=1).sum()
             if teacher_map:
                 map_top1 = pooled_map.argmax(dim=1)
-                map_correct += int(map_top1.eq(y).sum())
-                agree += int(map_top1.eq(top[:, 0]).sum())
-            n += len(y)
+                counts[2] += map_top1.eq(y).sum()
+                counts[3] += map_top1.eq(top[:, 0]).sum()
+            counts[4] += len(y)
     finally:
         model.train(was_training)
+    correct1, correct5, map_correct, agree, n = all_reduce(counts).tolist()
     if n == 0:
         raise RuntimeError("evaluation loader yielded no images")
     pct = lambda count: 100.0 * count / n  # noqa: E731
@@ -88,9 +93,13 @@ def count_params_m(model: nn.Module) -> float:
 
 
 def gflops(model: nn.Module, img_size: int) -> float:
+    """fvcore's count on an fp32 CPU copy: fvcore traces with a CPU fp32 input, which a CUDA or a
+    bf16 model refuses ("expected scalar type BFloat16 but found Float"), after the whole run."""
+    import copy
+
     from pipeline.models.flops import count_gflops
 
-    return count_gflops(model, img_size)
+    return count_gflops(copy.deepcopy(model).to(device="cpu", dtype=torch.float32), img_size)
 
 
 def timed_forward(model: nn.Module, img_size: int, batch: int, device: torch.device, precision: str = "fp32",

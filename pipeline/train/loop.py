@@ -1,26 +1,28 @@
 """Our own plain training loop around the DeepSpeed engine.
 
 Per micro-batch: the EMA teacher's probability maps of the unmixed batch, timm Mixup/CutMix, the
-EMA-distillation target (pipeline.train.ema_distill), forward, soft-target cross-entropy, a
-finiteness check, `engine.backward`, `engine.step` (DeepSpeed accumulates, reduces, clips and
-steps at the accumulation boundary). Per optimiser step: learning rate, EMA update, progress line,
-periodic checkpoint, and (in a SLURM job) a checkpoint at a stop signal (pipeline.train.preempt).
-Per epoch: validation Top-1, a curve row, a checkpoint.
+EMA-distillation target (pipeline.train.ema_distill), forward, soft-target cross-entropy,
+`engine.backward`, `engine.step` (DeepSpeed accumulates, reduces, clips and steps at the
+accumulation boundary). Nothing in a micro-batch waits for the device: the losses stay device
+tensors. At the accumulation boundary, before DeepSpeed's step, the ranks agree in one all-reduce
+whether any loss of the window was not finite: a NaN never reaches the weights, the EMA teacher or
+a checkpoint. Per optimiser step: learning rate, EMA update, BatchNorm statistics averaged over
+the ranks, progress line (a host sync at logging steps only), periodic checkpoint, and (in a
+SLURM job) a checkpoint at a stop signal (pipeline.train.preempt; one all-reduce after the step).
+Per epoch: validation Top-1 (every rank its shard), a curve row, a checkpoint.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from timm.loss import SoftTargetCrossEntropy
-from timm.utils import distribute_bn
 
 from pipeline.config import RecipeParams
 
 from .checkpoint import CheckpointStore, set_rng_state, tag_for
+from .collectives import all_reduce, all_sum, average_batchnorm_stats, world
 from .data import epoch_batches
 from .ema_distill import EmaTeacher, distill_target, teacher_target
 from .engine import MEMORY_FORMAT, BatchLayout, to_memory_format, zero_stage
@@ -33,19 +35,6 @@ from .schedule import build_scheduler, current_lr
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if _world()[1] > 1:
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def _channels_last(model: torch.nn.Module) -> bool:
@@ -102,7 +91,7 @@ class Trainer:
         self.store = store
         self.on_epoch = on_epoch  # callback(row) on rank 0 after each epoch (MLflow)
         self.stop = stop  # SLURM stop signals, acted on at optimiser-step boundaries
-        self.rank, self.world = _world()
+        self.rank, self.world = world()
         # the teacher, a copy of the student made before build_engine, takes the student's layout, so
         # that its forward and the EMA update run on the same one
         if _channels_last(engine.module):
@@ -127,6 +116,9 @@ class Trainer:
         # final evaluation reuses instead of a second pass over the same images
         self.final_val: Accuracy | None = None
         self._rng_to_restore: dict | None = None  # set by resume(): RNG states of a mid-epoch checkpoint
+        self._window: list[torch.Tensor] = []  # the losses of the accumulation window so far (device)
+        # the epoch's loss sum so far, on the device (float64); state.partial[0] gets it at saves
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -146,6 +138,8 @@ class Trainer:
         return True
 
     def save(self) -> None:
+        if self.state.micro_in_epoch:  # mid-epoch: the loss sum so far (a host sync; at saves only)
+            self.state.partial[0] = float(self._loss_sum)
         self.last_tag = self.store.save(self.engine, self.state.step, self.state.client_state(),
                                         self.teacher.state_dict())
 
@@ -162,18 +156,30 @@ class Trainer:
         np.random.seed(s)
         random.seed(s)
 
-    def _check_finite(self, loss: torch.Tensor, micro: int) -> None:
-        bad = 0.0 if math.isfinite(float(loss.detach())) else 1.0
-        if _all_sum([bad])[0] > 0:
-            where = (f"optimiser step {self.state.step + 1} (epoch {self.state.epoch + 1}, micro-batch "
-                     f"{micro + 1}/{self.micro_per_epoch})")
-            kept = f"last good checkpoint: {self.store.root / self.last_tag}" if self.last_tag else \
-                "no checkpoint was written yet"
-            raise NonFiniteLossError(f"[{self.name}] loss is {float(loss.detach())} (not finite) at {where}; "
-                                     f"stopping. {kept}")
+    def _check_window(self, micro: int) -> None:
+        """At the accumulation boundary, before DeepSpeed's step: one all-reduce (one host sync) of
+        whether any rank's window held a non-finite loss; NonFiniteLossError on every rank if so."""
+        losses = torch.stack(self._window)
+        self._window = []
+        if all_reduce((~torch.isfinite(losses)).any().to(torch.int64).reshape(1), op="max").item():
+            self._raise_nonfinite(losses.tolist(), micro)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> float:
-        """One micro-batch: forward, backward, and (at accumulation boundaries) DeepSpeed's step."""
+    def _raise_nonfinite(self, losses: list[float], micro: int) -> None:
+        first = next((i for i, v in enumerate(losses) if v != v or v in (float("inf"), float("-inf"))), None)
+        where = f"optimiser step {self.state.step + 1} (epoch {self.state.epoch + 1}"
+        if first is None:  # another rank's loss
+            value, where = "not finite on another rank", where + ")"
+        else:
+            value = f"{losses[first]} (not finite)"
+            where += f", micro-batch {micro - len(losses) + 2 + first}/{self.micro_per_epoch})"
+        kept = f"last good checkpoint: {self.store.root / self.last_tag}" if self.last_tag else \
+            "no checkpoint was written yet"
+        raise NonFiniteLossError(f"[{self.name}] loss is {value} at {where}; stopping before the optimiser "
+                                 f"step, the EMA update and any checkpoint. {kept}")
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, micro: int) -> None:
+        """One micro-batch: forward, backward, and at the accumulation boundary the finiteness check
+        and DeepSpeed's step."""
         x = to_memory_format(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         if self.distill:
@@ -187,10 +193,13 @@ class Trainer:
         with autocast(self.device, self.precision):
             logits = self.engine(x)
         loss = self.criterion(logits.float(), target)
-        self._check_finite(loss, micro)
         self.engine.backward(loss)
-        self.engine.step()
-        return float(loss.detach())
+        loss = self._last_loss = loss.detach()  # read (a host sync) only at logging steps
+        self._window.append(loss)
+        self._loss_sum += loss.double()
+        if (micro + 1) % self.layout.accumulation == 0:
+            self._check_window(micro)
+        self.engine.step()  # DeepSpeed counts micro-batches; it steps the optimiser at the boundary
 
     def fit(self) -> list[dict]:
         resumed = self.resume()
@@ -211,7 +220,8 @@ class Trainer:
             if skip == 0:  # an epoch boundary: the epoch seeding above is what an uninterrupted run used
                 rng = None
             it = epoch_batches(self.train_batches, epoch, self.seed)
-            loss_sum, loss_n, images, t_train = self.state.partial  # zeros unless resumed mid-epoch
+            tally = self.state.partial  # loss sum, micro-batches, images, seconds: zeros unless resumed mid-epoch
+            self._loss_sum.fill_(tally[0])  # summed on from there in the same order as an uninterrupted run
             for micro, (x, y) in enumerate(it):
                 if micro >= self.micro_per_epoch:
                     break
@@ -221,19 +231,18 @@ class Trainer:
                     set_rng_state(rng)
                     rng = None
                 t0 = time.perf_counter()
-                loss = self.train_step(x, y, micro)
-                t_train += time.perf_counter() - t0
-                loss_sum, loss_n, images = loss_sum + loss, loss_n + 1, images + len(y)
+                self.train_step(x, y, micro)
+                tally[1:] = [tally[1] + 1, tally[2] + len(y), tally[3] + time.perf_counter() - t0]
                 progress.count(len(y) * self.world)
                 self.state.micro_in_epoch = micro + 1
-                self.state.partial = [loss_sum, loss_n, images, t_train]
                 if (micro + 1) % self.layout.accumulation:
                     continue
                 self.state.step += 1
-                if self.world > 1:
-                    # DeepSpeed syncs gradients, not buffers: average the BatchNorm running stats so
-                    # that every rank's EMA teacher (eval-mode BN) and rank 0's checkpoint agree.
-                    distribute_bn(self.engine.module, self.world, reduce=True)
+                # DeepSpeed syncs gradients, not buffers: average the BatchNorm running stats so that
+                # every rank's EMA teacher (eval-mode BN) and rank 0's checkpoint agree (SyncBatchNorm
+                # keeps them equal already).
+                if not self.recipe.sync_bn:
+                    average_batchnorm_stats(self.engine.module)
                 self.scheduler.step_update(self.state.step)
                 self.teacher.update(self.engine.module, self.state.step)
                 if self.rank == 0 and self.state.step == progress.start_steps + 1:
@@ -241,16 +250,18 @@ class Trainer:
                 if self.rank == 0 and self.state.step == progress.start_steps + 2:
                     self._log_expected(time.perf_counter() - t_first_step)
                 if self.rank == 0 and (self.state.step % log_every == 0):
-                    log(progress.line(epoch, self.recipe.epochs, self.state.step, loss,
+                    log(progress.line(epoch, self.recipe.epochs, self.state.step, float(self._last_loss),
                                       current_lr(self.optimizer)))
                 mid_epoch = self.state.micro_in_epoch < self.micro_per_epoch  # else the epoch end saves
                 if self.state.step % ckpt_every == 0 and mid_epoch:
                     self.save()
                 if mid_epoch:
                     self._stop_if_signalled()
-            row = self._end_epoch(epoch, loss_sum, loss_n, images, t_train, progress)
+            tally[0] = float(self._loss_sum)
+            row = self._end_epoch(epoch, *tally, progress)
             self.state.history.append(row)
             self.state.epoch, self.state.micro_in_epoch, self.state.partial = epoch + 1, 0, [0.0, 0, 0, 0.0]
+            self._loss_sum.zero_()
             self.save()
             if self.rank == 0 and self.on_epoch is not None:
                 self.on_epoch(row)
@@ -267,8 +278,9 @@ class Trainer:
             f"epoch(s) and the final evaluation")
 
     def _stop_if_signalled(self) -> None:
-        """At an optimiser-step boundary: if any rank was signalled, save (unless this step's
-        checkpoint exists already) and raise Preempted on every rank."""
+        """After an optimiser step (the latest moment a signal can be acted on before the next one):
+        if any rank was signalled, save (unless this step's checkpoint exists already) and raise
+        Preempted on every rank. One all-reduce, in SLURM jobs only."""
         if self.stop is None:
             return
         signum = self.stop.agreed()
@@ -282,28 +294,20 @@ class Trainer:
         raise Preempted(signum, self.state.step)
 
     def _end_epoch(self, epoch, loss_sum, loss_n, images, t_train, progress) -> dict:
-        loss_sum, loss_n, images, t_sum = _all_sum([loss_sum, loss_n, images, t_train])
+        loss_sum, loss_n, images, t_sum = all_sum([loss_sum, loss_n, images, t_train])
         row = {"epoch": epoch + 1, "step": self.state.step,
                "loss": loss_sum / loss_n if loss_n else float("nan"),
                "lr": current_lr(self.optimizer),
                "img_per_s": images / (t_sum / self.world) if t_sum > 0 else 0.0}  # over the mean rank time
-        val_top1 = float("nan")
-        if self.rank == 0 and self.val_batches is not None:
+        row["val_top1"] = float("nan")
+        if self.val_batches is not None:  # every rank its shard; the counts are summed
             acc = accuracy(self.engine.module, self.val_batches, self.device, self.precision)
-            val_top1 = acc.top1
+            row["val_top1"] = acc.top1
             if epoch + 1 == self.recipe.epochs:
-                self.final_val = acc
-        row["val_top1"] = _broadcast(val_top1)
+                self.final_val = acc  # the student's final val Top-1: final_metrics reuses it
         if self.rank == 0:
             log(f"[{self.name}] epoch {epoch + 1}/{self.recipe.epochs} done: loss {row['loss']:.4f} "
                 f"val top-1 {row['val_top1']:.2f}% {row['img_per_s']:.1f} img/s "
                 f"ETA {fmt_eta(progress.eta(self.state.step))}")
         return row
 
-
-def _broadcast(value: float) -> float:
-    if _world()[1] == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.broadcast(t, src=0)
-    return float(t[0])

@@ -21,8 +21,7 @@ import signal
 import sys
 import time
 
-import torch
-import torch.distributed as dist
+from .collectives import all_max
 
 WATCHED = (signal.SIGUSR2, signal.SIGTERM)
 
@@ -50,11 +49,7 @@ class StopRequests:
 
     def agreed(self) -> int:
         """The signal any rank received (0 if none): the same answer on every rank."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return self.received
-        flag = torch.tensor([self.received], dtype=torch.int64)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag[0])
+        return all_max(self.received)
 
     def hand_over(self, signum: int, rank: int) -> None:
         """After the checkpoint: let submitit requeue (USR2) or let SLURM's stop proceed (TERM)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import AblationRun, Params, RecipeParams, TrainRun
+from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, shared_lock, watch_launcher
+from pipeline.launch.stage import workers_lock_path
 
 from .checkpoint import seed_all, sha256_file
 
@@ -54,6 +56,13 @@ class RunSpec:
     def work(self) -> dict | None:
         """One rank of the run (what the launchers call)."""
         return train_worker(self)
+
+    def plan(self, nodes: int, tasks_per_node: int, gpus_per_node: int = 0):
+        """The run's preflight on that many ranks (what the launchers check before submitting): a
+        pipeline.train.plan.RunPlan, or PlanError naming the params key at fault."""
+        from .plan import Ranks, plan_run
+
+        return plan_run(self, Ranks(nodes, tasks_per_node, gpus_per_node))
 
     @property
     def recipe(self) -> RecipeParams:
@@ -134,20 +143,15 @@ def build_model(spec: RunSpec, num_classes: int):
 
 def train_worker(spec: RunSpec) -> dict | None:
     """The body of one rank. Returns the final metrics on rank 0, None elsewhere."""
-    from pipeline.launch.local import shared_lock
-    from pipeline.launch.stage import workers_lock_path
-
     with shared_lock(workers_lock_path(spec)):
         return _train_worker(spec)
 
 
 def _train_worker(spec: RunSpec) -> dict | None:
-    from pipeline.launch.local import distributed_env, in_slurm_job, rank_device, watch_launcher
-
     from pipeline.models.hiri_vit import HiriViT, model_file
 
     from .checkpoint import CheckpointStore, atomic_torch_save
-    from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr
+    from .engine import batch_layout, build_engine, init_distributed, resolve_precision, scaled_lr, sync_batchnorm
     from .ema_distill import EmaTeacher
     from .loop import Trainer
     from .preempt import StopRequests, fit_tracked
@@ -165,12 +169,12 @@ def _train_worker(spec: RunSpec) -> dict | None:
     seed_all(run.seed)  # same initial weights on every rank
 
     data = build_data(spec)
-    model = build_model(spec, data.num_classes).to(device)
+    model = sync_batchnorm(build_model(spec, data.num_classes), recipe.sync_bn, device, world).to(device)
     teacher = EmaTeacher(model, decay=recipe.ema.decay, warmup=recipe.ema.warmup, alpha=recipe.ema.alpha,
                          alpha_ramp=recipe.ema.alpha_ramp)
     engine, optimizer = build_engine(model, recipe, layout, device, precision)
-    train_batches = data.train(layout.micro_batch, run.seed, world)
-    val = data.evaluation("val", recipe.eval_batch_size) if rank == 0 else None
+    train_batches = data.train(layout.micro_batch, run.seed, world, device)
+    val = data.evaluation("val", recipe.eval_batch_size, rank, world)  # this rank's shard
     store = CheckpointStore(spec.ckpt_dir, spec.fingerprint(), recipe.keep_checkpoints, rank)
 
     tracker = None
@@ -183,11 +187,10 @@ def _train_worker(spec: RunSpec) -> dict | None:
                       if tracker else None, stop=stop)
     history = fit_tracked(trainer.fit, tracker, stop, log, spec.stage, rank)
 
-    result = None
+    student = engine.module
     if rank == 0:
-        student = engine.module
-        metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision, log,
-                                val_batches=val, student_val=trainer.final_val)
+        # the weights first, before anything that can still fail: a rerun then resumes from the last
+        # checkpoint (no training left) and only evaluates again
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(student, HiriViT):
             weights = model_file(student, teacher.module, run.model, data.num_classes, spec.stage)
@@ -196,6 +199,11 @@ def _train_worker(spec: RunSpec) -> dict | None:
                        "arch": run.model, "img_size": run.img_size, "num_classes": data.num_classes,
                        "stage": spec.stage}
         atomic_torch_save(weights, spec.out_dir / "model.pt")
+    metrics = final_metrics(student, teacher.module, data, recipe, run.img_size, device, precision,
+                            log if rank == 0 else (lambda *_: None), rank, world,
+                            val_batches=val, student_val=trainer.final_val)
+    result = None
+    if rank == 0:
         write_outputs(spec, metrics, history)
         if tracker is not None:
             tracker.log_metrics(metrics, step=trainer.state.step)
@@ -211,17 +219,19 @@ def _train_worker(spec: RunSpec) -> dict | None:
 
 
 def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, device, precision, log,
-                  val_batches=None, student_val=None) -> dict:
-    """val_batches: the loop's val loader, reused rather than built again; student_val: the
-    student's Accuracy on it after the loop's last epoch, taken with these very weights (reused,
-    not recomputed; None evaluates it here, e.g. in a rerun that resumed after the last epoch)."""
+                  rank: int = 0, world: int = 1, val_batches=None, student_val=None) -> dict | None:
+    """Every rank evaluates its shard (the counts are summed); rank 0 then adds the model's cost and
+    returns the metrics, the other ranks None. val_batches: this rank's shard of val, the loop's
+    loader reused rather than built again; student_val: the student's Accuracy on it after the
+    loop's last epoch, taken with these very weights (reused, not recomputed; None evaluates it
+    here, e.g. in a rerun that resumed after the last epoch)."""
     from .evaluate import accuracy, count_params_m, gflops, throughput
 
     # A model without a dense head (Table 9's timm backbones) has no teacher map to read: null.
     out: dict[str, float] = {"ema_map_top1": float("nan"), "ema_map_agreement": float("nan")}
     for split, prefix_keys in (("val", ("top1", "top5")), ("v2", ("v2_top1",))):
         batches = val_batches if split == "val" and val_batches is not None else \
-            data.evaluation(split, recipe.eval_batch_size)
+            data.evaluation(split, recipe.eval_batch_size, rank, world)
         for who, model in (("", student), ("ema_", teacher)):
             if batches is None:
                 for k in prefix_keys:
@@ -240,6 +250,8 @@ def final_metrics(student, teacher, data, recipe: RecipeParams, img_size: int, d
                 out["ema_map_top1"], out["ema_map_agreement"] = acc.map_top1, acc.map_agreement
                 log(f"  ema map {split}: top-1 {acc.map_top1:.2f}%, agrees with the teacher's own top-1 on "
                     f"{acc.map_agreement:.2f}% of images")
+    if rank != 0:
+        return None
     out["params_m"] = count_params_m(student)
     out["gflops"] = gflops(student, img_size)
     out["throughput"] = throughput(student, img_size, recipe.throughput_batch, recipe.throughput_iters, device,
@@ -292,7 +304,7 @@ def _run_id_file(spec: RunSpec) -> Path:
 
 
 def _open_tracker(spec: RunSpec, log):
-    from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
+    from pipeline.tracking.mlflow_run import Tracker, flatten, run_id_writer, tracking_uri
     from pipeline.tracking.reference import sync_stage_rows
 
     id_file = _run_id_file(spec)
@@ -302,8 +314,9 @@ def _open_tracker(spec: RunSpec, log):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
+    # the id file names the run to reopen; written whenever the run opens (also late, after an outage)
     tracker = Tracker(spec.experiment, spec.run_name, tags, uri=tracking_uri(spec.repo_root),
-                      run_id=resume_id, warn=log, note=log)
+                      run_id=resume_id, warn=log, note=log, on_open=run_id_writer(id_file))
     run_id = tracker.start()
     if run_id is not None:
         # the paper's row for this stage beside our run, so the UI compares them after this stage alone
@@ -311,14 +324,12 @@ def _open_tracker(spec: RunSpec, log):
         beside = " beside the paper's row" if paper.logged and paper.experiments else ""
         log(f"[{spec.stage}] MLflow: run {spec.run_name}{beside} in experiment {tracker.experiment}: "
             f"{tracker.where_to_look}")
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
-        if run_id != resume_id:
-            p = spec.params
-            tracker.log_params(flatten({"profile": p.profile, "recipe": spec.recipe.model_dump(mode="json"),
-                                        "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
-                                        "launch": p.launch.model_dump(mode="json"),
-                                        "data": p.data.model_dump(mode="json"), "section": spec.kind}))
+    if run_id is None or run_id != resume_id:  # a new run (or not open yet: the params wait with the rest)
+        p = spec.params
+        tracker.log_params(flatten({"profile": p.profile, "recipe": spec.recipe.model_dump(mode="json"),
+                                    "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
+                                    "launch": p.launch.model_dump(mode="json"),
+                                    "data": p.data.model_dump(mode="json"), "section": spec.kind}))
     return tracker
 
 

@@ -8,6 +8,8 @@ BatchNorm statistics included. That is what the ZeRO-2 "2 processes == 1 process
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -54,13 +56,16 @@ class SyntheticEval:
 
 class SyntheticData:
     def __init__(self, img_size: int, num_classes: int = 4, n_train: int = 32, n_val: int = 16, seed: int = 0,
-                 nan_at_step: int | None = None):
+                 nan_at_step: int | None = None, fail_final_eval: str | None = None):
         self.num_classes = num_classes
         self.nan_at_step = nan_at_step  # poison the images of this (0-based) micro-batch of epoch 0
+        # while this file exists, the final evaluation (split v2) fails once and removes it: a crash
+        # after training
+        self.fail_final_eval = fail_final_eval
         self.train_set = make_images(n_train, num_classes, img_size, seed)
         self.val_set = make_images(n_val, num_classes, img_size, seed + 1)
 
-    def train(self, micro_batch: int, seed: int, world_size: int):
+    def train(self, micro_batch: int, seed: int, world_size: int, device=None):
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -68,8 +73,12 @@ class SyntheticData:
         train.nan_at = self.nan_at_step
         return train
 
-    def evaluation(self, split: str, batch: int):
-        return SyntheticEval(*self.val_set, batch)  # "val" and "v2" share the held-out images
+    def evaluation(self, split: str, batch: int, rank: int = 0, world: int = 1):
+        if split == "v2" and self.fail_final_eval and os.path.exists(self.fail_final_eval):
+            os.unlink(self.fail_final_eval)
+            raise RuntimeError("the final evaluation failed (SyntheticData.fail_final_eval)")
+        images, labels = self.val_set  # "val" and "v2" share the held-out images
+        return SyntheticEval(images[rank::world], labels[rank::world], batch)
 
 
 def from_spec(spec) -> SyntheticData:

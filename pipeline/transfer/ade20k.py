@@ -266,12 +266,15 @@ class MIoU(MulticlassJaccardIndex):
     torchmetrics' macro Jaccard index has exactly those semantics (weights 0 for the ignore index
     and for classes whose row and column of the confusion matrix are empty; tests/
     test_transfer_data.py checks it against a hand-computed example), and it sums the confusion
-    matrix across ranks when distributed. `compute` adds the per-class IoU (NaN where a class is
+    matrix across ranks when distributed (the transfer task passes pipeline.train.collectives'
+    all_gather as `dist_sync_fn`, so that the CPU confusion matrix travels on the GPU under NCCL).
+    `compute` adds the per-class IoU (NaN where a class is
     absent, as mmseg prints it) and the pixel accuracy (mmseg's aAcc), in percent.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE):
-        super().__init__(num_classes=num_classes, average="macro", ignore_index=ignore_index, validate_args=False)
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE, dist_sync_fn=None):
+        super().__init__(num_classes=num_classes, average="macro", ignore_index=ignore_index, validate_args=False,
+                         dist_sync_fn=dist_sync_fn)
 
     def compute(self) -> dict:
         miou = float(super().compute()) * 100

@@ -9,7 +9,8 @@ import shutil
 
 import torch
 
-from pipeline.train.checkpoint import CheckpointStore, atomic_torch_save, barrier, rng_state, set_rng_state, tag_for
+from pipeline.train.checkpoint import CheckpointStore, atomic_torch_save, rng_state, set_rng_state, tag_for
+from pipeline.train.collectives import barrier
 
 
 class TransferCheckpoints(CheckpointStore):

@@ -78,6 +78,32 @@ class TransferSpec:
     def work(self) -> dict | None:
         return transfer_worker(self)
 
+    def plan(self, nodes: int, tasks_per_node: int, gpus_per_node: int = 0) -> "TransferPlan":
+        """The run's layout on that many ranks (what a SLURM stage checks before it submits);
+        PlanError names the recipe key when the global batch does not split over the ranks."""
+        from pipeline.train.engine import BatchLayoutError, batch_layout
+        from pipeline.train.plan import PlanError
+
+        world = nodes * tasks_per_node
+        try:
+            layout = batch_layout(self.recipe, world)
+        except BatchLayoutError as err:
+            raise PlanError(f"{self.stage}: transfer.{self.task}.{self.params.profile}.{err.field}: {err}") from None
+        return TransferPlan(self.stage, world, layout.micro_batch, layout.accumulation, layout.global_batch)
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    stage: str
+    world_size: int
+    micro_batch: int
+    accumulation: int
+    global_batch: int
+
+    def lines(self) -> list[str]:
+        return [f"{self.stage}: global batch {self.global_batch} = micro-batch {self.micro_batch} x accumulation "
+                f"{self.accumulation} x {self.world_size} ranks"]
+
 
 def make_transfer_spec(params: Params, key: str, repo_root: str | Path = ".") -> TransferSpec:
     """The run of stage `key`; its pretraining weights and prepared data must exist."""
@@ -172,7 +198,7 @@ def _worker(spec: TransferSpec) -> dict | None:
     tracker = _open_tracker(spec, task, log) if rank == 0 else None
     fitter = Fitter(name=spec.stage, task=task, model=model, ddp=ddp, optimizer=optimizer, train=train, val=val,
                     device=device, precision=precision, store=store, rank=rank, world=world,
-                    workers=spec.params.data.loader.num_workers, stop=stop,
+                    workers=spec.params.data.loader.workers(), stop=stop,
                     on_eval=(lambda row: tracker.log_metrics(_numbers(row), step=row["iter"])) if tracker else None)
     tag = store.prepare(log=log if rank == 0 else (lambda _m: None))
     if tag is not None:
@@ -183,10 +209,12 @@ def _worker(spec: TransferSpec) -> dict | None:
     if rank == 0:
         from pipeline.train.checkpoint import atomic_torch_save
 
-        metrics = {**{k: history[-1][k] for k in task.metric_keys}, **final_counts(spec, model)}
+        # the weights first, before the counts (which build models and can fail): a rerun then
+        # resumes at the end and only writes the outputs
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"state_dict": model.state_dict(), "model": run.model, "arch": spec.arch,
                            "init_from": run.init_from, "stage": spec.stage}, spec.out_dir / "model.pt")
+        metrics = {**{k: history[-1][k] for k in task.metric_keys}, **final_counts(spec, model)}
         write_outputs(spec, metrics, history)
         if tracker is not None:
             tracker.log_metrics(_numbers(metrics), step=fitter.state.it)
@@ -231,23 +259,21 @@ def write_outputs(spec: TransferSpec, metrics: dict, history: list[dict]) -> Non
 
 
 def _open_tracker(spec: TransferSpec, task, log):
-    from pipeline.tracking.mlflow_run import Tracker, flatten, tracking_uri
+    from pipeline.tracking.mlflow_run import Tracker, flatten, run_id_writer, tracking_uri
     from pipeline.tracking.reference import sync_stage_rows
 
     id_file = spec.ckpt_dir.parent / f"{spec.stage}.mlflow_run_id"
     resume_id = id_file.read_text().strip() if id_file.is_file() and spec.ckpt_dir.is_dir() else None
     tags = {"git_commit": spec.git_commit, "dvc_stage": spec.stage, "profile": spec.params.profile}
     tracker = Tracker(task.experiment, spec.run_name, tags, uri=tracking_uri(spec.repo_root), run_id=resume_id,
-                      warn=log, note=log)
+                      warn=log, note=log, on_open=run_id_writer(id_file))
     run_id = tracker.start()
     if run_id is not None:
         sync_stage_rows(spec.stage, tracker.experiment, tracker.uri, warn=log)
         log(f"[{spec.stage}] MLflow: run {spec.run_name} beside the paper's row in experiment {tracker.experiment}: "
             f"{tracker.where_to_look}")
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
-        if run_id != resume_id:
-            tracker.log_params(flatten({"profile": spec.params.profile, "recipe": spec.recipe.model_dump(mode="json"),
-                                        "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
-                                        "launch": spec.params.launch.model_dump(mode="json")}))
+    if run_id is None or run_id != resume_id:  # a new run (or not open yet: the params wait with the rest)
+        tracker.log_params(flatten({"profile": spec.params.profile, "recipe": spec.recipe.model_dump(mode="json"),
+                                    "run": {"key": spec.key, **spec.run.model_dump(mode="json")},
+                                    "launch": spec.params.launch.model_dump(mode="json")}))
     return tracker

@@ -15,8 +15,9 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from pipeline.train.collectives import all_gather, gather_objects
 
 DETECTION_KEYS = {"retinanet": ("ap_box", "ap50_box", "ap75_box", "aps_box", "apm_box", "apl_box"),
                   "maskrcnn": ("ap_box", "ap50_box", "ap75_box", "aps_box", "apm_box", "apl_box", "ap_mask",
@@ -27,15 +28,6 @@ def _warmup(it: int, warmup_iters: int, ratio: float) -> float:
     if it >= warmup_iters:
         return 1.0
     return ratio + (1.0 - ratio) * it / warmup_iters  # mmcv's linear warm-up
-
-
-def _gather(items: list) -> list:
-    """Every rank's `items`, concatenated in rank order (one rank: as they are)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return items
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, items)
-    return [x for p in parts for x in p]
 
 
 class DetectionTask:
@@ -113,7 +105,7 @@ class DetectionTask:
             results += coco_results(outputs, [t["image_id"] for t in targets], masks=masks,
                                     label_offset=LABEL_OFFSET[self.model_name])
         model.train()
-        results = _gather(results)
+        results = gather_objects(results)
         if rank != 0:
             return None
         ann = Path(self.spec.data_root) / "annotations" / "instances_val2017.json"
@@ -180,7 +172,7 @@ class SegmentationTask:
         from .ade20k import MIoU, NUM_CLASSES
 
         model.eval()
-        meter = MIoU(num_classes=NUM_CLASSES)
+        meter = MIoU(num_classes=NUM_CLASSES, dist_sync_fn=all_gather)  # its sync through our collectives
         for i in range(rank, len(val), world):
             image, label = val[i]
             logits, _ = model(image[None].to(device))

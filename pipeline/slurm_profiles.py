@@ -6,6 +6,9 @@ key, before anything is submitted. What only the live cluster knows (does the pa
 the time under its limit, do its nodes have that many GPUs) is checked by
 `pipeline.launch.cluster.check_request` right before submission.
 
+It lives beside config.py, not in pipeline/launch: validating params.yaml needs it, and it needs
+only yaml and pydantic, so config imports it without reaching into the launch layer.
+
     # slurm/profiles/<name>.yaml
     description: what cluster this is for
     defaults: {partition: gpu, time: "2-00:00:00", ...}   # optional, merged under every kind
@@ -24,7 +27,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO_ROOT / "slurm" / "profiles"
 KINDS = ("conversion", "pretraining", "finetuning", "transfer")
 Kind = Literal["conversion", "pretraining", "finetuning", "transfer"]
@@ -151,16 +154,17 @@ def stage_kind(stage: str) -> str:
     raise ProfileError(f"stage {stage!r} has no stage kind (conversion, pretraining, finetuning, transfer)")
 
 
-def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
-    return sorted(p.stem for p in Path(directory).glob("*.yaml"))
+def available_profiles(directory: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in Path(directory or PROFILE_DIR).glob("*.yaml"))
 
 
-def profile_path(name: str, directory: Path = PROFILE_DIR) -> Path:
-    return Path(directory) / f"{name}.yaml"
+def profile_path(name: str, directory: Path | None = None) -> Path:
+    return Path(directory or PROFILE_DIR) / f"{name}.yaml"
 
 
-def load_profile(name: str, directory: Path = PROFILE_DIR) -> Profile:
-    """Read and validate slurm/profiles/<name>.yaml; ProfileError names the file and key at fault."""
+def load_profile(name: str, directory: Path | None = None) -> Profile:
+    """Read and validate slurm/profiles/<name>.yaml (or `directory`/<name>.yaml); ProfileError names
+    the file and key at fault."""
     path = profile_path(name, directory)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or "") or not path.is_file():
         raise ProfileError(f"unknown slurm profile {name!r}: no {path}; available: {available_profiles(directory)}")
