@@ -118,3 +118,13 @@ def test_a_transfer_stage_checks_its_layout_too():
     with pytest.raises(SubmissionError, match="transfer.segmentation.builtin.micro_batch_size: micro_batch_size 4 "
                                               "x 2 ranks = 8"):
         spec.plan(nodes=1, tasks_per_node=2)
+
+
+@pytest.mark.parametrize("stage", ["ablation_t8_hr_hr_t_t_t", "ablation_t9_hrnet_w18"])
+def test_an_ablation_row_is_planned_on_its_own_model(paper_root, stage):
+    """`--table N` preflights every row: a block variant (its model factory's, not in timm's
+    registry) and a timm backbone without stochastic depth (drop_path_rate null)."""
+    lines = []
+    dag.plan([stage], make_spec, paper_root(2, 8), echo=lines.append, live=False)
+    text = "\n".join(lines)
+    assert f"{stage}: " in text and "memory per GPU" in text, text

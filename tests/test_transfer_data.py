@@ -91,6 +91,18 @@ def test_ade_masks_hold_class_ids_and_some_unlabelled_pixels(ade_root):
     assert 0 < (values == 0).mean() < 0.1
 
 
+def test_coco_objects_take_the_share_of_the_short_side_asked_for(coco_root):
+    # object_size sizes the objects for the detectors' anchors (pipeline/config.py CocoBuiltinParams)
+    raw = json.loads((coco_root / "annotations" / "instances_train2017.json").read_text())
+    short = {im["id"]: min(im["width"], im["height"]) for im in raw["images"]}
+    lo, hi = COCO_CFG.object_size
+    shares = [max(a["bbox"][2:]) / short[a["image_id"]] for a in raw["annotations"] if not a["iscrowd"]]
+    # outlines jitter a little past their radius; occlusion and clipping only shrink a box
+    assert np.median(shares) > lo and max(shares) <= 1.15 * hi
+    with pytest.raises(ValueError, match=r"object_size \[0\.5, 0\.2\]"):
+        CocoBuiltinParams(object_size=(0.5, 0.2))
+
+
 # --- COCO dataset ---------------------------------------------------------------------------------
 
 

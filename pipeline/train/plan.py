@@ -138,15 +138,13 @@ def train_images(spec) -> tuple[int, str]:
     return IMAGENET_TRAIN_IMAGES, f"ImageNet-1K's count ({train} not found here)"
 
 
-def trace_memory(model_name: str, img_size: int, drop_path_rate: float, precision: str) -> tuple[int, float]:
-    """(parameters, bytes autograd saves for backward in one training forward of one image), traced
-    with fake tensors (no arithmetic) on the CPU, under bf16 autocast when `precision` is bf16."""
+def trace_memory(build, img_size: int, precision: str) -> tuple[int, float]:
+    """(parameters, bytes autograd saves for backward in one training forward of one image) of the
+    model `build()` makes, traced with fake tensors (no arithmetic) on the CPU, under bf16 autocast
+    when `precision` is bf16."""
     from contextlib import nullcontext
 
-    import timm
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    import pipeline.models  # noqa: F401 - registers hiri_vit_* with timm
 
     storages: dict[int, int] = {}
 
@@ -155,8 +153,11 @@ def trace_memory(model_name: str, img_size: int, drop_path_rate: float, precisio
         storages[id(storage)] = storage.nbytes()  # views of one tensor count once
         return t
 
-    with torch.device("meta"):
-        model = timm.create_model(model_name, img_size=img_size, drop_path_rate=drop_path_rate).train()
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            model = build().train()
+    except NotImplementedError:  # an initialiser that reads values (some ablation rows): a real CPU build
+        model = build().train()
     n_params = sum(p.numel() for p in model.parameters())
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -174,8 +175,10 @@ def state_bytes(n_params: int, zero: int, world: int) -> float:
     return 4.0 * n_params * (1 + share(2) + 2 * share(1) + 1)
 
 
-def plan_run(spec, ranks: Ranks) -> RunPlan:
-    """The run `spec` (a pipeline.train.run.RunSpec) on `ranks`; PlanError names the key at fault."""
+def plan_run(spec, ranks: Ranks, build) -> RunPlan:
+    """The run `spec` (a pipeline.train.run.RunSpec) on `ranks`, its model made by `build()` (the
+    run's own architecture: an ablation row's comes from its model factory); PlanError names the
+    key at fault."""
     recipe, run = spec.recipe, spec.run
     section = f"{spec.kind}.{spec.params.profile}"
     try:
@@ -197,8 +200,7 @@ def plan_run(spec, ranks: Ranks) -> RunPlan:
     if precision == "auto":  # bf16 on GPUs; on CPUs the node's processor decides: fp32 estimated (the larger)
         precision = "bf16" if ranks.gpus_per_node else "auto-cpu"
     zero = zero_stage(recipe, ranks.world_size)
-    n_params, per_image = trace_memory(run.model, run.img_size, run.drop_path_rate * recipe.drop_path_scale,
-                                       "bf16" if precision == "bf16" else "fp32")
+    n_params, per_image = trace_memory(build, run.img_size, "bf16" if precision == "bf16" else "fp32")
     memory = MemoryEstimate(per_image, layout.micro_batch, state_bytes(n_params, zero, ranks.world_size))
     return RunPlan(stage=spec.stage, model=run.model, img_size=run.img_size, ranks=ranks, layout=layout,
                    micro_derived=recipe.micro_batch_size is None, lr=scaled_lr(recipe), images=images,

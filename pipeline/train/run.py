@@ -62,7 +62,7 @@ class RunSpec:
         pipeline.train.plan.RunPlan, or PlanError naming the params key at fault."""
         from .plan import Ranks, plan_run
 
-        return plan_run(self, Ranks(nodes, tasks_per_node, gpus_per_node))
+        return plan_run(self, Ranks(nodes, tasks_per_node, gpus_per_node), lambda: build_arch(self, 1000))
 
     @property
     def recipe(self) -> RecipeParams:
@@ -112,7 +112,8 @@ def build_data(spec: RunSpec):
     return ProjectData(spec.params, spec.run.img_size, spec.ffcv_dir, **spec.data_overrides)
 
 
-def build_model(spec: RunSpec, num_classes: int):
+def build_arch(spec: RunSpec, num_classes: int):
+    """The run's model, freshly initialised: timm's registry, or the run's model factory."""
     import timm
 
     import pipeline.models  # noqa: F401 - registers hiri_vit_* with timm
@@ -120,10 +121,14 @@ def build_model(spec: RunSpec, num_classes: int):
     run, recipe = spec.run, spec.recipe
     drop_path_rate = None if run.drop_path_rate is None else run.drop_path_rate * recipe.drop_path_scale
     if spec.model_factory:
-        model = _resolve(spec.model_factory)(run.model, run.img_size, num_classes, drop_path_rate)
-    else:
-        model = timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes,
-                                  drop_path_rate=drop_path_rate)
+        return _resolve(spec.model_factory)(run.model, run.img_size, num_classes, drop_path_rate)
+    return timm.create_model(run.model, img_size=run.img_size, num_classes=num_classes, drop_path_rate=drop_path_rate)
+
+
+def build_model(spec: RunSpec, num_classes: int):
+    """The run's model, with the weights of `spec.init_weights` when it names some."""
+    run = spec.run
+    model = build_arch(spec, num_classes)
     if spec.init_weights is not None:
         # The student: the model the loss trained at 448; the 768 run's own EMA teacher starts from it too.
         state = torch.load(spec.init_weights, map_location="cpu", weights_only=True)

@@ -167,7 +167,7 @@ def render_coco(cfg: CocoBuiltinParams, rng: np.random.Generator) -> tuple[Image
     for _ in range(int(rng.integers(lo, hi + 1))):
         c = int(rng.integers(cfg.categories))
         spec = class_spec(c)
-        radius = rng.uniform(0.15, 0.5) * min(w, h) / 2
+        radius = rng.uniform(*cfg.object_size) * min(w, h) / 2
         # Mostly apart, overlapping now and then (the second object hides part of the first).
         for _try in range(20):
             cx, cy = rng.uniform(0.6 * radius, w - 0.6 * radius), rng.uniform(0.6 * radius, h - 0.6 * radius)
