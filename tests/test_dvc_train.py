@@ -29,6 +29,7 @@ def repo(tmp_path_factory):
         p["data"]["builtin"].update(num_classes=2, train_per_class=8, val_per_class=2, v2_per_class=2,
                                     min_side=64, max_side=96)
         p["data"]["convert"]["max_sides"] = [512, 896]  # the sets 448 and 768 read
+        p["data"]["loader"]["num_workers"] = 2  # "auto" is the machine's CPUs: step 7 compares 2 with 1
         p["train"]["builtin"].update(epochs=2, max_steps_per_epoch=2, batch_size=4, micro_batch_size=4,
                                      warmup_epochs=0, checkpoint_every_steps=1, log_every_steps=1, eval_batch_size=4,
                                      throughput_batch=1, throughput_iters=1)
@@ -125,7 +126,7 @@ def test_train_stage_kill_resume_metrics_mlflow_and_params(repo):
     # 7. the stage from scratch with another loader worker count (FFCV, the default backend): the
     # weights and metrics of step 2's run (2 workers, killed and resumed), bit for bit
     p["train"]["runs"]["hiri_s_448"]["seed"] = 0
-    assert p["data"]["loader"]["backend"] == "ffcv" and p["data"]["loader"]["num_workers"] == 2
+    assert p["data"]["loader"]["backend"] == "ffcv" and p["data"]["loader"]["num_workers"] == 2  # the fixture's
     p["data"]["loader"]["num_workers"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run([DVC, "repro", "-f", "-s", stage], repo, env)

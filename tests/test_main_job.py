@@ -24,8 +24,6 @@ def test_main_job_learns(main_job):
     assert metrics["top1"] >= 30.0 and metrics["ema_top1"] >= 30.0, metrics  # 10 classes: chance is 10 %
 
 
-@pytest.mark.xfail(strict=False, reason="issue 10's target; measured 84.0 % on a fresh clone (fp32 CPU), and 85.5 % "
-                   "for the tokens reading on the same teacher (bench/teacher_map.py): open")
 def test_teacher_map_is_the_teachers_own_prediction(main_job):
     # Section 4.5's target AvgPool(softmax(P)) from the dense head (every location in the class
     # token's place) names the EMA teacher's own Top-1 class on at least 90 % of val images.
