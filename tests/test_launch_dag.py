@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,8 @@ def base_repo(tmp_path_factory):
 @pytest.fixture
 def repo(base_repo, tmp_path):
     dst = tmp_path / "repo"
-    shutil.copytree(base_repo, dst, symlinks=True)
+    # the betons (~1 GB) are hard links, not copies: no test here rewrites them
+    shutil.copytree(base_repo, dst, symlinks=True, copy_function=_link_data(base_repo))
     params = (dst / "params.yaml").read_text().replace("  launcher: local ", "  launcher: slurm ")
     (dst / "params.yaml").write_text(params)
     commit_all(dst)
@@ -41,6 +43,17 @@ def repo(base_repo, tmp_path):
             and any(i in p.read_text() for p in (dst / "outputs" / "slurm" / "jobs").glob("*.json"))]
     if mine:
         subprocess.run(["scancel", *mine], check=False)
+
+
+def _link_data(base: Path):
+    data = base / "data"
+
+    def copy(src, dst):
+        if Path(src).is_relative_to(data):
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+    return copy
 
 
 def _launch(repo, *targets):
