@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from submitit.core.utils import pickle_load
 
 from tests.repo_copy import DVC, commit_all, copy_repo, repo_env, run
@@ -23,8 +24,13 @@ def _queue(fmt: str = "%i %j") -> list[str]:
 
 @pytest.fixture(scope="module")
 def base_repo(tmp_path_factory):
-    """A copy of the checkout with the built-in betons made in it, shared by this module's tests."""
-    dst = copy_repo(tmp_path_factory.mktemp("launch") / "repo", skip=("metrics/", "plots/", "reports/"))
+    """A copy of the checkout with the built-in betons made in it, shared by this module's tests.
+    The set is small (what is tested is submission and attachment, not learning): 5 steps of 16 per
+    epoch, 20 val and 10 V2 images, small pictures; each job's evaluation passes take seconds."""
+    def small_data(p):
+        p["data"]["builtin"].update(train_per_class=8, val_per_class=2, v2_per_class=1, min_side=96, max_side=128)
+
+    dst = copy_repo(tmp_path_factory.mktemp("launch") / "repo", small_data, skip=("metrics/", "plots/", "reports/"))
     run([DVC, "repro", "convert_imagenet"], dst, repo_env())
     return dst
 
@@ -34,8 +40,7 @@ def repo(base_repo, tmp_path):
     dst = tmp_path / "repo"
     # the betons (~1 GB) are hard links, not copies: no test here rewrites them
     shutil.copytree(base_repo, dst, symlinks=True, copy_function=_link_data(base_repo))
-    params = (dst / "params.yaml").read_text().replace("  launcher: local ", "  launcher: slurm ")
-    (dst / "params.yaml").write_text(params)
+    _edit_params(dst, lambda p: p["launch"].update(launcher="slurm"))
     commit_all(dst)
     yield dst
     ids = [line.split()[0] for line in _queue()]
@@ -120,11 +125,15 @@ def test_table_sweep_submits_one_job_per_row(repo):
 
 
 def _shorten(repo: Path) -> None:
-    """The built-in schedule cut to one epoch of 3 steps: the whole path, in a minute or two."""
-    params = (repo / "params.yaml").read_text()
-    params = params.replace("    max_steps_per_epoch: 35", "    max_steps_per_epoch: 3").replace(
-        "    epochs: 2\n    warmup_epochs: 0.25", "    epochs: 1\n    warmup_epochs: 0.25")
-    (repo / "params.yaml").write_text(params)
+    """The built-in schedule cut to one epoch of 3 steps of 4: the whole path, in a minute or two."""
+    _edit_params(repo, lambda p: p["train"]["builtin"].update(max_steps_per_epoch=3, epochs=1, batch_size=4,
+                                                                micro_batch_size=4, throughput_batch=1))
+
+
+def _edit_params(repo: Path, edit) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.mark.slow

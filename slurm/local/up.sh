@@ -118,8 +118,11 @@ fi
 # --- 4. slurmctld and slurmd ------------------------------------------------------------------
 if ! scontrol ping >/dev/null 2>&1; then
   alive "$STATE/pids/slurmctld.pid" && die "slurmctld (pid $(cat "$STATE/pids/slurmctld.pid")) runs but does not answer; see $STATE/logs/slurmctld.log"
-  log "starting slurmctld"
-  slurmctld -f "$CONF" || die "slurmctld did not start: $(tail -20 "$STATE/logs/slurmctld.log")"
+  # A controller this script starts begins with no jobs (-c): jobs saved in $STATE by a cluster that
+  # was not brought down (its processes gone with the machine or the session) would otherwise come
+  # back as running, hold the node, and leave every new job pending.
+  log "starting slurmctld (without the jobs of an earlier run)"
+  slurmctld -c -f "$CONF" || die "slurmctld did not start: $(tail -20 "$STATE/logs/slurmctld.log")"
   for _ in $(seq 60); do scontrol ping >/dev/null 2>&1 && break; sleep 0.5; done
   scontrol ping >/dev/null 2>&1 || die "slurmctld does not answer: $(tail -20 "$STATE/logs/slurmctld.log")"
 fi
