@@ -27,10 +27,10 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
-from numba import njit, types
+from numba import types
 
 from pipeline.data.randaugment import RandAugmentSpec, rand_augment_image
-from pipeline.data.seeding import CROP, ERASE, FLIP, RAND_AUGMENT, EpochCell, python_key, sample_key, uniform
+from pipeline.data.seeding import CROP, ERASE, FLIP, RAND_AUGMENT, EpochCell, kernel, python_key, sample_key, uniform
 
 
 def os_cache_reader(manager) -> Callable:
@@ -52,7 +52,7 @@ def os_cache_reader(manager) -> Callable:
     return Compiler.compile(read, data(types.uint64, types.Tuple([data, index, index])))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def random_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi):
     """FFCV's get_random_crop (torchvision's RandomResizedCrop.get_params) on seeded draws:
     10 tries at an area in `scale` and a log-uniform aspect ratio, then the clamped whole image."""
@@ -78,7 +78,7 @@ def random_crop(key, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def flip_in_place(img):
     W = img.shape[1]
     for y in range(img.shape[0]):
@@ -210,7 +210,7 @@ class NormalizeToCHW(Operation):
                 AllocationQuery(shape, np.dtype("float32")))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _normalize_one(src, dst, scale, shift):
     H, W, _ = src.shape
     for c in range(3):

@@ -18,9 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
-
-from pipeline.data.seeding import gauss, uniform
+from pipeline.data.seeding import gauss, kernel, uniform
 
 # Op ids. The kind of level -> argument mapping is fixed by the id (see _op_arg).
 OP_IDS = {
@@ -85,7 +83,7 @@ class RandAugmentSpec:
 
 # --- look-up-table ops (ImageOps) -----------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@kernel
 def _histogram(src):
     h = np.zeros((3, 256), dtype=np.int64)
     H, W, _ = src.shape
@@ -96,7 +94,7 @@ def _histogram(src):
     return h
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _apply_lut(src, dst, lut):
     H, W, _ = src.shape
     for y in range(H):
@@ -105,7 +103,7 @@ def _apply_lut(src, dst, lut):
                 dst[y, x, c] = lut[c, src[y, x, c]]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _autocontrast_lut(src):
     # ImageOps.autocontrast(cutoff=0): stretch [lowest, highest] present value to [0, 255].
     h = _histogram(src)
@@ -129,7 +127,7 @@ def _autocontrast_lut(src):
     return lut
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _equalize_lut(src):
     # ImageOps.equalize: PIL's cumulative-histogram table, per channel.
     h = _histogram(src)
@@ -154,7 +152,7 @@ def _equalize_lut(src):
     return lut
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _point_lut(kind, arg):
     # 0 invert, 1 posterize (keep `arg` bits), 2 solarize (threshold), 3 solarize-add (add below 128)
     lut = np.empty((3, 256), dtype=np.uint8)
@@ -175,7 +173,7 @@ def _point_lut(kind, arg):
 
 # --- ImageEnhance ops: blend with a degenerate image ----------------------------------------------
 
-@njit(cache=True, nogil=True)
+@kernel
 def _blend(degenerate, value, alpha):
     # Pillow's ImagingBlend: float32 interpolation, truncated; clipped when extrapolating.
     t = np.float32(degenerate) + np.float32(alpha) * (np.float32(value) - np.float32(degenerate))
@@ -186,13 +184,13 @@ def _blend(degenerate, value, alpha):
     return np.uint8(int(t))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _luma(r, g, b):
     # Pillow's RGB -> L: ITU-R 601-2 weights in 16-bit fixed point, rounded.
     return (np.int64(r) * 19595 + np.int64(g) * 38470 + np.int64(b) * 7471 + 0x8000) >> 16
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _blend_table(factor, rows):
     # _blend for every (degenerate, value) pair: the per-pixel work becomes one look-up, the
     # numbers stay Pillow's. rows: the degenerate values needed (all 256, or one).
@@ -203,7 +201,7 @@ def _blend_table(factor, rows):
     return t
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _enhance(src, dst, which, factor):
     # which: 0 Color (blend with grey), 1 Contrast (with the mean grey), 2 Brightness (with black),
     # 3 Sharpness (with PIL's SMOOTH filter, border pixels kept).
@@ -229,28 +227,100 @@ def _enhance(src, dst, which, factor):
             lut[c] = t[mean]
         _apply_lut(src, dst, lut)
     else:
-        t = _blend_table(factor, np.arange(256))
-        w_mid, w_side = np.float32(5.0 / 13.0), np.float32(1.0 / 13.0)
-        for y in range(H):
-            for x in range(W):
-                for c in range(3):
-                    if y == 0 or x == 0 or y == H - 1 or x == W - 1:
-                        dst[y, x, c] = src[y, x, c]  # ImageFilter keeps the border; blending it is a no-op
-                        continue
-                    s = np.float32(0.0)
-                    for dy in range(-1, 2):
-                        for dx in range(-1, 2):
-                            w = w_mid if (dy == 0 and dx == 0) else w_side
-                            s += w * np.float32(src[y + dy, x + dx, c])
-                    smooth = 0 if s <= 0 else (255 if s >= 255 else int(s + np.float32(0.5)))
-                    dst[y, x, c] = t[smooth, src[y, x, c]]
+        _sharpness(src, dst, factor)
+
+
+@kernel
+def _sharpness(src, dst, factor):
+    # ImageEnhance.Sharpness: _blend with ImageFilter.SMOOTH, the 3 x 3 kernel (1 1 1, 1 5 1,
+    # 1 1 1) / 13 that Pillow sums in float32 and rounds (+ .5, truncated), border pixels kept
+    # (blending a pixel with itself is a no-op). That float sum is k / 13 for the integer
+    # k = 3 x 3 box sum + 4 x centre, within 2e-4 (9 float32 products and sums below 256), and
+    # k / 13 + .5 is never nearer than 1/26 to an integer, so Pillow's rounding is exactly
+    # floor((2 k + 13) / 26): integer arithmetic over whole rows (box sums as column sums of 3
+    # rows, then 3 of those), and the blend in float32 as _blend does it, loops LLVM vectorises.
+    H, W, _ = src.shape
+    img = np.ascontiguousarray(src)
+    alpha = np.float32(factor)
+    n = 3 * W
+    cols = np.empty(n, dtype=np.int32)
+    row = np.empty(n, dtype=np.int32)
+    for y in range(H):
+        mid = img[y].reshape(-1)
+        for j in range(n):
+            row[j] = mid[j]
+        if 0 < y < H - 1:
+            up, down = img[y - 1].reshape(-1), img[y + 1].reshape(-1)
+            for j in range(n):
+                cols[j] = np.int32(up[j]) + np.int32(mid[j]) + np.int32(down[j])
+            for j in range(n - 6):  # the value j + 3 of the row (pixel x + 1, channel c) and its
+                v = row[j + 3]      # neighbours j and j + 6 (pixels x and x + 2)
+                k = cols[j] + cols[j + 3] + cols[j + 6] + 4 * v
+                # floor((2 k + 13) / 26) as a multiply and shift, exact for 2 k + 13 <= 6643 (all k
+                # checked): numba's floor division keeps Python's sign rule and does not vectorise
+                smooth = ((2 * k + 13) * 40330) >> 20
+                t = np.float32(smooth) + alpha * (np.float32(v) - np.float32(smooth))
+                row[j + 3] = np.int32(min(max(t, np.float32(0.0)), np.float32(255.0)))
+        for x in range(W):
+            for ch in range(3):
+                dst[y, x, ch] = row[3 * x + ch]
 
 
 # --- geometric ops: Image.transform(AFFINE) with PIL's filters ------------------------------------
+#
+# Pillow (Geometry.c, ImagingGenericTransform + affine_transform + bicubic_filter32RGB) maps the
+# centre of output pixel (x, y) to xin = a (x + .5) + b (y + .5) + c, yin = d (x + .5) + e (y + .5)
+# + f; outside the image the pixel keeps the fill colour; inside, a cubic (a = -1) in double along
+# each of the 4 rows around the point, then one down the column, clipped and truncated to uint8.
+# Taps beyond the edge repeat the edge: columns are clamped, rows repeat the last row in range,
+# which for the rows reachable from a point inside (floor(yin - .5) in [-1, H - 1]) is the same as
+# clamping them. The code below does the same double operations in the same order (no fastmath:
+# no fused multiply-adds), so the bytes stay Pillow's; what changes is the organisation:
+#   - per output row, the pixels inside form one interval (xin and yin are rounded affine
+#     functions of x, hence monotone), so the fill is a plain store and the rest has no test;
+#   - the taps come from a copy of the image padded with 2 edge pixels on each side (no clamping)
+#     that packs a pixel's 3 channels into one uint32 (a third of the loads), gathered per row
+#     into contiguous arrays, then the cubics run over those arrays in loops LLVM vectorises;
+#   - a cubic at offset 0 returns its second tap exactly, so where every dy of a row is 0 (shear
+#     and translation along x) only that row's 4 taps are read, and where every dx is 0 (along y)
+#     one tap per row; a cubic's taps are integers there, so its coefficients are integers too.
 
-@njit(cache=True, nogil=True)
+_PAD = 2  # floor(xin - .5) - 1 >= -2 and + 3 <= W + 1 for a point inside
+
+
+@kernel
+def _packed(src):
+    """src (H, W, 3) as (H + 4, W + 4) uint32 pixels R | G << 8 | B << 16, edges repeated outwards."""
+    H, W, _ = src.shape
+    out = np.empty((H + 2 * _PAD, W + 2 * _PAD), dtype=np.uint32)
+    for y in range(H + 2 * _PAD):
+        s = src[min(max(y - _PAD, 0), H - 1)]
+        o = out[y]
+        for x in range(W):
+            o[x + _PAD] = np.uint32(s[x, 0]) | (np.uint32(s[x, 1]) << 8) | (np.uint32(s[x, 2]) << 16)
+        for x in range(_PAD):
+            o[x] = o[_PAD]
+            o[W + _PAD + x] = o[W + _PAD - 1]
+    return out
+
+
+@kernel
+def _channel(p, shift):
+    return np.int32((p >> shift) & np.uint32(255))
+
+
+@kernel
+def _cubic_int(q1, q2, q3, q4, d):
+    # Geometry.c BICUBIC on integer taps: p1..p4 are exact integers, in double as in Pillow.
+    p2 = np.float64(q3 - q1)
+    p3 = np.float64(2 * (q1 - q2) + q3 - q4)
+    p4 = np.float64(q2 - q1 - q3 + q4)
+    return np.float64(q2) + d * (p2 + d * (p3 + d * p4))
+
+
+@kernel
 def _cubic(v1, v2, v3, v4, d):
-    # PIL Geometry.c BICUBIC (a = -1)
+    # Geometry.c BICUBIC on doubles, in Pillow's order of operations.
     p1 = v2
     p2 = -v1 + v3
     p3 = 2.0 * (v1 - v2) + v3 - v4
@@ -258,50 +328,116 @@ def _cubic(v1, v2, v3, v4, d):
     return p1 + d * (p2 + d * (p3 + d * p4))
 
 
-@njit(cache=True, nogil=True)
-def _cubic_row(src, r, x0, x1, x2, x3, ch, dx):
-    return _cubic(np.float64(src[r, x0, ch]), np.float64(src[r, x1, ch]), np.float64(src[r, x2, ch]),
-                  np.float64(src[r, x3, ch]), dx)
-
-
-@njit(cache=True, nogil=True)
-def _cubic_1d_row(src, dst, y, x, yi, xi, dx, W):
-    # dy == 0: BICUBIC(v1..v4, 0) = v2, the row floor(yin) = y, always in range.
-    x0 = min(max(xi - 1, 0), W - 1)
-    x1 = min(max(xi, 0), W - 1)
-    x2 = min(max(xi + 1, 0), W - 1)
-    x3 = min(max(xi + 2, 0), W - 1)
-    for ch in range(3):
-        dst[y, x, ch] = _clip8_trunc(_cubic_row(src, yi, x0, x1, x2, x3, ch, dx))
-
-
-@njit(cache=True, nogil=True)
-def _cubic_1d_col(src, dst, y, x, yi, xi, dy, W, H):
-    # dx == 0: each row's BICUBIC(..., 0) is its pixel at column floor(xin) = x (clamped as PIL).
-    c = min(max(xi, 0), W - 1)
-    r0 = min(max(yi - 1, 0), H - 1)
-    for ch in range(3):
-        v1 = np.float64(src[r0, c, ch])
-        v2 = np.float64(src[yi, c, ch]) if 0 <= yi < H else v1
-        v3 = np.float64(src[yi + 1, c, ch]) if 0 <= yi + 1 < H else v2
-        v4 = np.float64(src[yi + 2, c, ch]) if 0 <= yi + 2 < H else v3
-        dst[y, x, ch] = _clip8_trunc(_cubic(v1, v2, v3, v4, dy))
-
-
-@njit(cache=True, nogil=True)
+@kernel
 def _clip8_trunc(v):
-    if v <= 0.0:
-        return np.uint8(0)
-    if v >= 255.0:
-        return np.uint8(255)
-    return np.uint8(int(v))
+    # bicubic_filter32RGB's store: 0 at or below 0, 255 at or above, else truncated
+    return np.int32(min(max(v, 0.0), 255.0))
 
 
-@njit(cache=True, nogil=True)
-def _affine(src, dst, a, b, c, d, e, f, fill, bilinear):
-    # Output pixel centre (x + .5, y + .5) maps to input (a x + b y + c, d x + e y + f); outside the
-    # input it keeps the fill colour; inside, PIL's filter with clamped columns and rows that repeat
-    # the last one in range (Geometry.c BICUBIC_BODY / BILINEAR_BODY).
+@kernel
+def _row_cubic(taps, r, i, shift, d):
+    # the cubic along one source row: taps[r:r + 4, i], channel `shift`
+    return _cubic_int(_channel(taps[r, i], shift), _channel(taps[r + 1, i], shift),
+                      _channel(taps[r + 2, i], shift), _channel(taps[r + 3, i], shift), d)
+
+
+# The two filters below write one channel at a time into contiguous int32 rows: a loop over
+# pixels with no inner loop and no strided uint8 store is what LLVM vectorises (4x faster).
+
+@kernel
+def _bicubic_16(taps, dx, dy, res, n):
+    # res[ch, i]: 4 row cubics, then the column cubic.
+    for ch in range(3):
+        shift, r = np.uint32(8 * ch), res[ch]
+        for i in range(n):
+            r[i] = _clip8_trunc(_cubic(_row_cubic(taps, 0, i, shift, dx[i]), _row_cubic(taps, 4, i, shift, dx[i]),
+                                       _row_cubic(taps, 8, i, shift, dx[i]), _row_cubic(taps, 12, i, shift, dx[i]),
+                                       dy[i]))
+
+
+@kernel
+def _bicubic_4(taps, d, res, n):
+    # res[ch, i]: one cubic on integer taps (along the other axis the offset is 0: that cubic is
+    # its second tap).
+    for ch in range(3):
+        shift, r = np.uint32(8 * ch), res[ch]
+        for i in range(n):
+            r[i] = _clip8_trunc(_row_cubic(taps, 0, i, shift, d[i]))
+
+
+@kernel
+def _affine_bicubic(src, dst, a, b, c, d, e, f, fill):
+    H, W, _ = src.shape
+    pixels = _packed(src)
+    flat = pixels.reshape(-1)
+    stride = W + 2 * _PAD
+    xin = np.empty(W)
+    yin = np.empty(W)
+    dx = np.empty(W)
+    dy = np.empty(W)
+    at = np.empty(W, dtype=np.int64)  # flat index of the pixel's first tap (row yi - 1, column xi - 1)
+    taps = np.empty((16, W), dtype=np.uint32)
+    res = np.empty((3, W), dtype=np.int32)
+    for y in range(H):
+        yo = y + 0.5
+        for x in range(W):
+            xo = x + 0.5
+            xin[x] = a * xo + b * yo + c
+            yin[x] = d * xo + e * yo + f
+        lo = 0
+        while lo < W and not (0.0 <= xin[lo] < W and 0.0 <= yin[lo] < H):
+            lo += 1
+        hi = W
+        while hi > lo and not (0.0 <= xin[hi - 1] < W and 0.0 <= yin[hi - 1] < H):
+            hi -= 1
+        out = dst[y]
+        for x in range(lo):
+            for ch in range(3):
+                out[x, ch] = fill[ch]
+        for x in range(hi, W):
+            for ch in range(3):
+                out[x, ch] = fill[ch]
+        n = hi - lo
+        if n == 0:
+            continue
+        nonzero_dx, nonzero_dy = 0, 0
+        for i in range(n):
+            xs = xin[lo + i] - 0.5
+            ys = yin[lo + i] - 0.5
+            xf = math.floor(xs)
+            yf = math.floor(ys)
+            dx[i] = xs - xf
+            dy[i] = ys - yf
+            at[i] = (yf - 1 + _PAD) * stride + xf - 1 + _PAD
+            nonzero_dx += dx[i] != 0.0
+            nonzero_dy += dy[i] != 0.0
+        if nonzero_dy == 0:  # one source row per pixel
+            for i in range(n):
+                k = at[i] + stride  # the point's own row
+                for j in range(4):
+                    taps[j, i] = flat[k + j]
+            _bicubic_4(taps, dx, res, n)
+        elif nonzero_dx == 0:  # one source column
+            for i in range(n):
+                k = at[i] + 1  # the point's own column
+                for r in range(4):
+                    taps[r, i] = flat[k + r * stride]
+            _bicubic_4(taps, dy, res, n)
+        else:
+            for i in range(n):
+                k = at[i]
+                for r in range(4):
+                    for j in range(4):
+                        taps[4 * r + j, i] = flat[k + r * stride + j]
+            _bicubic_16(taps, dx, dy, res, n)
+        for i in range(n):
+            for ch in range(3):
+                out[lo + i, ch] = res[ch, i]
+
+
+@kernel
+def _affine_bilinear(src, dst, a, b, c, d, e, f, fill):
+    # Geometry.c BILINEAR_BODY: clamped columns, rows that repeat the last one in range.
     H, W, _ = src.shape
     for y in range(H):
         for x in range(W):
@@ -319,51 +455,63 @@ def _affine(src, dst, a, b, c, d, e, f, fill, bilinear):
             yi = int(math.floor(yin))
             dx = xin - xi
             dy = yin - yi
-            if bilinear:
-                x0 = min(max(xi, 0), W - 1)
-                x1 = min(max(xi + 1, 0), W - 1)
-                r0 = min(max(yi, 0), H - 1)
-                for ch in range(3):
-                    v1 = src[r0, x0, ch] + (np.float64(src[r0, x1, ch]) - src[r0, x0, ch]) * dx
-                    if 0 <= yi + 1 < H:
-                        v2 = src[yi + 1, x0, ch] + (np.float64(src[yi + 1, x1, ch]) - src[yi + 1, x0, ch]) * dx
-                    else:
-                        v2 = v1
-                    dst[y, x, ch] = _clip8_trunc(v1 + (v2 - v1) * dy)
-                continue
-            if dy == 0.0:  # shear / translate along x: one row, as PIL's v = p1 = the middle row
-                _cubic_1d_row(src, dst, y, x, yi, xi, dx, W)
-                continue
-            if dx == 0.0:  # along y: one column of each row, likewise
-                _cubic_1d_col(src, dst, y, x, yi, xi, dy, W, H)
-                continue
-            xi -= 1
-            yi -= 1
             x0 = min(max(xi, 0), W - 1)
             x1 = min(max(xi + 1, 0), W - 1)
-            x2 = min(max(xi + 2, 0), W - 1)
-            x3 = min(max(xi + 3, 0), W - 1)
             r0 = min(max(yi, 0), H - 1)
             for ch in range(3):
-                v1 = _cubic_row(src, r0, x0, x1, x2, x3, ch, dx)
-                v2 = _cubic_row(src, yi + 1, x0, x1, x2, x3, ch, dx) if 0 <= yi + 1 < H else v1
-                v3 = _cubic_row(src, yi + 2, x0, x1, x2, x3, ch, dx) if 0 <= yi + 2 < H else v2
-                v4 = _cubic_row(src, yi + 3, x0, x1, x2, x3, ch, dx) if 0 <= yi + 3 < H else v3
-                dst[y, x, ch] = _clip8_trunc(_cubic(v1, v2, v3, v4, dy))
+                v1 = src[r0, x0, ch] + (np.float64(src[r0, x1, ch]) - src[r0, x0, ch]) * dx
+                if 0 <= yi + 1 < H:
+                    v2 = src[yi + 1, x0, ch] + (np.float64(src[yi + 1, x1, ch]) - src[yi + 1, x0, ch]) * dx
+                else:
+                    v2 = v1
+                dst[y, x, ch] = _clip8_trunc(v1 + (v2 - v1) * dy)
 
 
-@njit(cache=True, nogil=True)
+@kernel
+def _affine(src, dst, a, b, c, d, e, f, fill, bilinear):
+    """Image.transform(size, AFFINE, (a, b, c, d, e, f), resample, fillcolor=fill) of src into dst."""
+    if bilinear:
+        _affine_bilinear(src, dst, a, b, c, d, e, f, fill)
+    else:
+        _affine_bicubic(src, dst, a, b, c, d, e, f, fill)
+
+
+@kernel
+def _round15(v):
+    # Python's round(v, 15) (correctly rounded, ties to even), for |v| <= 1: rint(v * 1e15) is
+    # right unless the product fell on a half-integer, where the exact product's rounding error
+    # (Dekker's two-product, exact without FMA) decides.
+    p = v * 1e15
+    n = np.rint(p)
+    if abs(p - n) == 0.5:
+        split = 134217729.0  # 2**27 + 1
+        t = split * v
+        vh = t - (t - v)
+        vl = v - vh
+        t = split * 1e15
+        sh = t - (t - 1e15)
+        sl = 1e15 - sh
+        err = ((vh * sh - p) + vh * sl + vl * sh) + vl * sl
+        if err > 0.0:
+            n = p + 0.5
+        elif err < 0.0:
+            n = p - 0.5
+    return n / 1e15
+
+
+@kernel
 def _rotation(degrees, W, H):
-    # Image.rotate(expand=False): the inverse rotation about the centre, as an affine matrix.
+    # Image.rotate(expand=False): the inverse rotation about the centre, its cosine and sine
+    # rounded to 15 decimals as Pillow rounds them.
     angle = -math.radians(degrees % 360.0)
-    ca, sa = math.cos(angle), math.sin(angle)
+    ca, sa = _round15(math.cos(angle)), _round15(math.sin(angle))
     cx, cy = W / 2.0, H / 2.0
-    return ca, sa, ca * -cx + sa * -cy + cx, -sa, ca, -sa * -cx + ca * -cy + cy
+    return ca, sa, ca * -cx + sa * -cy + 0.0 + cx, -sa, ca, -sa * -cx + ca * -cy + 0.0 + cy
 
 
 # --- one op, one image ----------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@kernel
 def op_arg(op, magnitude, negate, translate_pct):
     """timm's level -> argument mapping (auto_augment.LEVEL_TO_ARG) for op id `op`."""
     level = magnitude / _LEVEL_DENOM
@@ -391,7 +539,7 @@ def op_arg(op, magnitude, negate, translate_pct):
     return 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def apply_op(op, arg, src, dst, fill, bilinear):
     """Apply op `op` with argument `arg` (see op_arg) to src, into dst (same shape, not src)."""
     H, W, _ = src.shape
@@ -429,7 +577,7 @@ def apply_op(op, arg, src, dst, fill, bilinear):
         dst[:] = src
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def draw_layer(key, layer, num_ops, prob, magnitude, mstd, mmax):
     """(op index, applied, magnitude, negate) of layer `layer` of one image, from its key."""
     k = 8 * layer
@@ -443,7 +591,7 @@ def draw_layer(key, layer, num_ops, prob, magnitude, mstd, mmax):
     return choice, applied, m, negate
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def rand_augment_image(src, tmp, dst, key, op_ids, num_layers, prob, magnitude, mstd, mmax, translate_pct,
                        fill, bilinear):
     """RandAugment one HWC uint8 image src into dst (tmp: scratch of the same shape)."""

@@ -25,8 +25,17 @@ RESCALE, PHOTOMETRIC = 6, 7
 
 _GOLDEN = 0x9E3779B97F4A7C15
 
+# The decorator of every compiled augmentation kernel (here, randaugment.py, ffcv_ops.py). A numba
+# function that leaves `fastmath` / `error_model` unset is compiled with the flags of the first
+# compiled caller, and FFCV compiles its pipeline with fastmath=True: a kernel first compiled
+# inside a loader would fuse multiplies and adds, its floats would no longer be Pillow's or the
+# Python draws', and numba's on-disk cache would keep whichever version came first. Stated here,
+# they are the same in every process and caller. error_model "numpy" is FFCV's (no division by
+# zero checks; the kernels never divide by zero).
+kernel = njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
-@njit(cache=True, nogil=True)
+
+@kernel
 def _mix(z):
     z = np.uint64(z)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -34,7 +43,7 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def sample_key(seed, epoch, index, stream):
     """The key of one sample's draws in one stream (uint64)."""
     g = np.uint64(_GOLDEN)
@@ -44,14 +53,14 @@ def sample_key(seed, epoch, index, stream):
     return _mix(k ^ (np.uint64(stream) * g + np.uint64(4)))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def uniform(key, k):
     """Draw number k of `key`: a float64 uniform in [0, 1) (53 random bits)."""
     z = _mix(key + np.uint64(k) * np.uint64(_GOLDEN))
     return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def gauss(key, k, mean, std):
     """A normal draw from draws k and k+1 (Box-Muller)."""
     u1 = 1.0 - uniform(key, k)  # (0, 1]: log is finite
