@@ -47,11 +47,16 @@ def copy_repo(dst: Path, edit_params: Callable[[dict], None] | None = None,
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, dst / f)
     if edit_params is not None:
-        params = yaml.safe_load((dst / "params.yaml").read_text())
-        edit_params(params)
-        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        edit_params_file(dst, edit_params)
     commit_all(dst)
     return dst
+
+
+def edit_params_file(repo: Path, edit: Callable[[dict], None]) -> None:
+    """Let `edit` change the params.yaml of `repo` (a copy) in place, as a dict."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def commit_all(dst: Path) -> None:

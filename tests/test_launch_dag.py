@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from submitit.core.utils import pickle_load
 
-from tests.repo_copy import DVC, commit_all, copy_repo, repo_env, run
+from tests.repo_copy import DVC, commit_all, copy_repo, edit_params_file, repo_env, run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.dvc]
 
@@ -40,7 +39,7 @@ def repo(base_repo, tmp_path):
     dst = tmp_path / "repo"
     # the betons (~1 GB) are hard links, not copies: no test here rewrites them
     shutil.copytree(base_repo, dst, symlinks=True, copy_function=_link_data(base_repo))
-    _edit_params(dst, lambda p: p["launch"].update(launcher="slurm"))
+    edit_params_file(dst, lambda p: p["launch"].update(launcher="slurm"))
     commit_all(dst)
     yield dst
     ids = [line.split()[0] for line in _queue()]
@@ -126,14 +125,8 @@ def test_table_sweep_submits_one_job_per_row(repo):
 
 def _shorten(repo: Path) -> None:
     """The built-in schedule cut to one epoch of 3 steps of 4: the whole path, in a minute or two."""
-    _edit_params(repo, lambda p: p["train"]["builtin"].update(max_steps_per_epoch=3, epochs=1, batch_size=4,
-                                                                micro_batch_size=4, throughput_batch=1))
-
-
-def _edit_params(repo: Path, edit) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    edit(params)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    short = dict(max_steps_per_epoch=3, epochs=1, batch_size=4, micro_batch_size=4, throughput_batch=1)
+    edit_params_file(repo, lambda p: p["train"]["builtin"].update(short))
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from torch import nn
 from pipeline.models.deploy import inference_model
 
 from .collectives import all_reduce
+from .engine import to_memory_format
 
 
 @dataclass
@@ -62,8 +63,7 @@ def accuracy(model: nn.Module, batches, device: torch.device, precision: str = "
     try:
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if x.ndim == 4:  # NHWC: the convolutions follow their input's layout, the fast one
-                x = x.contiguous(memory_format=torch.channels_last)  # (an NCHW EMA teacher too)
+            x = to_memory_format(x)  # the convolutions follow their input's layout (an NCHW EMA teacher too)
             with autocast(device, precision):
                 features = model.forward_features(x)
                 logits = model.forward_head(features)
