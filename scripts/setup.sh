@@ -32,4 +32,7 @@ PIP=(.venv/bin/python -m pip install --progress-bar off)
 "${PIP[@]}" -e ".[dev]"
 .venv/bin/python -c "import torch, torchvision, timm, ffcv, deepspeed, dvc, mlflow, submitit, fvcore, pycocotools, pydantic, torchmetrics, transformers" \
   || { echo "setup: ERROR: an installed package does not import (see above)" >&2; exit 1; }
+# The loaders' numba kernels, compiled once here rather than by the first training job (~15 s).
+.venv/bin/python -m pipeline.data.warm_cache \
+  || { echo "setup: ERROR: compiling the FFCV loaders' kernels failed (see above)" >&2; exit 1; }
 echo "setup: done. Activate with: source .venv/bin/activate"

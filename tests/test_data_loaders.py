@@ -251,3 +251,28 @@ def test_close_and_context_manager_stop_the_epoch(tiny_betons):
         workers = b._running.iterator._workers
         assert any(w.is_alive() for w in workers)
     assert b._running.iterator is None and not any(w.is_alive() for w in workers)
+
+
+def test_warm_cache_compiles_every_kernel_the_ffcv_loaders_call(tmp_path):
+    """scripts/setup.sh runs pipeline.data.warm_cache so that the first training job loads our
+    numba kernels instead of compiling them; a second process then compiles none of ours."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    root = Path(__file__).resolve().parents[1]
+    warm = subprocess.run([sys.executable, "-m", "pipeline.data.warm_cache"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    cached = {p.name.split("-")[0] for p in (tmp_path / "numba").rglob("*.nbi")}
+    assert {"randaugment.rand_augment_image", "ffcv_ops.random_crop", "ffcv_ops.flip_in_place",
+            "seeding._mix"} <= cached, sorted(cached)
+    # again, now with numba saying what it does with its cache: ours all loaded, none compiled
+    again = subprocess.run([sys.executable, "-m", "pipeline.data.warm_cache"], cwd=root,
+                           env={**env, "NUMBA_DEBUG_CACHE": "1"}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ours = [line for line in again.stdout.splitlines() if re.search(r"/(randaugment|ffcv_ops|seeding)\.", line)]
+    assert any("data loaded" in line for line in ours), again.stdout[-3000:]
+    assert not [line for line in ours if "data saved" in line]

@@ -1,4 +1,6 @@
 """HIRI-ViT: timm registration and API, fidelity to the paper's counts, deploy folding, bad input."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -148,6 +150,19 @@ def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
     assert model.training and isinstance(model.stem.norm, torch.nn.BatchNorm2d)
     assert model.stem.conv1[0][0].weight.is_contiguous()
     _assert_same_function(model.eval(), deployed, torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+
+
+def test_sync_batchnorm_folds_too():
+    """A model trained with sync_bn: true carries SyncBatchNorm (not a BatchNorm2d); the training
+    stage evaluates it through inference_model, so it must fold the same way."""
+    torch.manual_seed(0)
+    model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).eval()
+    _randomise_batchnorm(model)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    deployed = inference_model(synced)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in deployed.modules())
+    _assert_same_function(model, deployed, torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
 
 
 def test_inference_model_reparameterises_a_repvgg_style_baseline_the_timm_way():

@@ -198,3 +198,31 @@ def test_a_nan_stops_the_run_before_the_step_the_ema_update_and_any_checkpoint(o
     if nan_at < 2:
         assert all(torch.equal(v, teacher[k]) for k, v in trainer.teacher.state_dict().items())
     assert trainer.store.complete_tags() == []
+
+
+def test_accuracy_evaluates_hiri_vit_as_deployed_with_the_plain_models_counts():
+    """The evaluation runs a folded channels_last copy (pipeline.train.evaluate.accuracy): it must
+    count what the eval-mode model itself predicts, and leave the model as it was."""
+    import timm
+
+    import pipeline.models  # noqa: F401
+    from pipeline.train.evaluate import accuracy
+
+    torch.manual_seed(0)
+    model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).train()
+    for m in model.modules():  # BatchNorm statistics far from identity, so that folding matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    batches = [(torch.randn(6, 3, 64, 64), torch.randint(0, 10, (6,))) for _ in range(3)]
+    acc = accuracy(model, batches, torch.device("cpu"), "fp32", teacher_map=True)
+    assert model.training and isinstance(model.stem.norm, torch.nn.BatchNorm2d)  # left as it was
+
+    model.eval()
+    with torch.no_grad():
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        feats = model.forward_features(x)
+        top = model.forward_head(feats).topk(5, dim=1).indices
+        pooled = model.dense_head(feats).softmax(dim=1).mean(dim=(2, 3)).argmax(dim=1)
+    pct = lambda hits: 100.0 * int(hits.sum()) / len(y)  # noqa: E731
+    assert (acc.top1, acc.top5, acc.images) == (pct(top[:, 0] == y), pct((top == y[:, None]).any(1)), 18)
+    assert (acc.map_top1, acc.map_agreement) == (pct(pooled == y), pct(pooled == top[:, 0]))

@@ -12,6 +12,25 @@ files they run, so an edit to the loaders does not rerun a conversion.
 """
 from importlib import import_module
 
+
+def _cache_numba_typed_dict() -> None:
+    """Importing FFCV builds a numba typed Dict (ffcv.fields.rgb_image.IMAGE_MODES), and numba
+    compiles its typed-dict functions anew in every process: ~3 s of each training, conversion
+    and loader process, measured at 4.4-4.8 s against 1.7-1.9 s for `import ffcv.fields.rgb_image`
+    with numba's on-disk cache turned on for them here, before any of our modules imports FFCV.
+    Without numba (a bare GPU node running only the model) there is nothing to do."""
+    try:
+        from numba.core.registry import CPUDispatcher
+        from numba.typed import typeddict
+    except ImportError:
+        return
+    for value in vars(typeddict).values():
+        if isinstance(value, CPUDispatcher):
+            value.enable_caching()
+
+
+_cache_numba_typed_dict()
+
 _HOME = {"Batches": "loaders", "build_train_loader": "loaders", "build_val_loader": "loaders",
          "FFCV_DIR": "sources", "SOURCE_DIR": "sources", "resolve_sources": "sources"}
 

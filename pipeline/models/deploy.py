@@ -27,6 +27,7 @@ import torch
 from timm.models import reparameterize_model
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import CFFN, HRBlock, HRStem
@@ -61,13 +62,13 @@ def _fold_sequential(seq: nn.Sequential) -> None:
     children = list(seq.children())
     for i in range(len(children) - 1):
         conv, bn = children[i], children[i + 1]
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, _BatchNorm):
             seq[i] = fuse_conv_bn_eval(conv, bn)
             seq[i + 1] = nn.Identity()
 
 
 def _batchnorms(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [name for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
 
 
 @torch.no_grad()
@@ -83,10 +84,10 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             _fold_sequential(module)
-        elif isinstance(module, CFFN) and isinstance(module.norm, nn.BatchNorm2d):
+        elif isinstance(module, CFFN) and isinstance(module.norm, _BatchNorm):
             _fold_into_next_1x1(module.norm, module.fc1)
             module.norm = nn.Identity()
-        elif isinstance(module, HRStem) and isinstance(module.norm, nn.BatchNorm2d):
+        elif isinstance(module, HRStem) and isinstance(module.norm, _BatchNorm):
             scale, shift = _bn_affine(module.norm)
             _scale_conv_out(module.high[-1], scale, shift)
             _scale_conv_out(module.low[-1], scale, None)

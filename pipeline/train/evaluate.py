@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.models.deploy import inference_model
+from pipeline.models.hiri_vit import HiriViT
 
 from .collectives import all_reduce
 from .engine import to_memory_format
@@ -55,9 +56,14 @@ def bf16_native(device: torch.device) -> bool:
 @torch.no_grad()
 def accuracy(model: nn.Module, batches, device: torch.device, precision: str = "fp32",
              teacher_map: bool = False) -> Accuracy:
-    """Top-1/Top-5 over `batches` (this rank's shard), summed over the ranks: every rank calls it."""
+    """Top-1/Top-5 over `batches` (this rank's shard), summed over the ranks: every rank calls it.
+
+    A HIRI-ViT is evaluated as deployed (`inference_model`: BatchNorm and identities folded,
+    channels_last weights, on a copy): the same function as the eval-mode model, and the EMA
+    teacher's NCHW weights no longer meet NHWC batches. A timm backbone (Table 9) runs as it is."""
     was_training = model.training
     model.eval()
+    net = inference_model(model) if isinstance(model, HiriViT) else model
     # correct top-1, correct top-5, map top-1 correct, map agrees with the model's top-1, images
     counts = torch.zeros(5, dtype=torch.int64, device=device)
     try:
@@ -65,10 +71,10 @@ def accuracy(model: nn.Module, batches, device: torch.device, precision: str = "
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x = to_memory_format(x)  # the convolutions follow their input's layout (an NCHW EMA teacher too)
             with autocast(device, precision):
-                features = model.forward_features(x)
-                logits = model.forward_head(features)
+                features = net.forward_features(x)
+                logits = net.forward_head(features)
                 if teacher_map:  # one backbone pass for both heads
-                    pooled_map = model.dense_head(features).float().softmax(dim=1).mean(dim=(2, 3))
+                    pooled_map = net.dense_head(features).float().softmax(dim=1).mean(dim=(2, 3))
             k = min(5, logits.shape[1])
             top = logits.float().topk(k, dim=1).indices
             hit = top.eq(y[:, None])
