@@ -1,19 +1,23 @@
-"""Against the real one-node SLURM of slurm/local/up.sh (scripts/test.sh brings it up).
-Nothing here is mocked: jobs go through sbatch, state comes from squeue/scontrol (no sacct)."""
+"""Against the real one-node SLURM of slurm/local/up.sh and the two-node one of `up.sh --nodes 2`
+(scripts/test.sh brings both up). Nothing here is mocked: jobs go through sbatch, state comes from
+squeue/scontrol (no sacct)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.launch import cluster, slurm
-from pipeline.slurm_profiles import load_profile
+from pipeline.slurm_profiles import REPO_ROOT as REPO, load_profile
 
 pytestmark = pytest.mark.slurm
 
@@ -41,6 +45,7 @@ def test_sacct_is_really_absent():
     ({"gpus_per_node": 1, "tasks_per_node": 1}, "kinds.pretraining.gpus_per_node"),
     ({"nodes": 2}, "kinds.pretraining.nodes"),
     ({"mem": "100T"}, "kinds.pretraining.mem"),
+    ({"tasks_per_node": 4}, "kinds.pretraining.cpus_per_task"),  # 4 x 1 CPU on a 2-CPU node
 ])
 def test_bad_request_names_field_and_submits_nothing(update, field):
     req = load_profile("local").request("pretraining").model_copy(update=update)
@@ -151,37 +156,107 @@ def test_stop_signals_save_requeue_resume_and_match_uninterrupted(tmp_path):
     assert json.loads(specs["term"].metrics_file.read_text())["top1"] == round(metrics["term"]["top1"], 4)
 
 
+TWO_NODE_STATE = Path(os.environ.get("HIRI_SLURM2_STATE", "/var/tmp/hiri-vit-slurm2"))
+
+
+def _two_node_cluster(monkeypatch) -> tuple[str, int]:
+    """(profile, nodes) of the two-node SLURM of `slurm/local/up.sh --nodes 2`, its SLURM_CONF set
+    for this test's SLURM commands (submitit's sbatch included) and the jobs they start. Where this
+    machine refused a namespace or the veth pair (up.sh wrote what refused), a warning quoting the
+    refusal, and 2 ranks on the one-node cluster instead: not 4, because SLURM refuses more tasks
+    per node than the node has CPUs (2), --overcommit included ("Requested node configuration is
+    not available")."""
+    up = REPO / "slurm" / "local" / "up.sh"
+    if subprocess.run(["bash", str(up), "--is-up", "--nodes", "2"]).returncode == 0:
+        monkeypatch.setenv("SLURM_CONF", str(TWO_NODE_STATE / "slurm.conf"))
+        return "local2", 2
+    refused = TWO_NODE_STATE / "refused"
+    if not refused.exists():
+        pytest.fail("the two-node SLURM is not up: run `slurm/local/up.sh --nodes 2` (scripts/test.sh does)")
+    warnings.warn(f"no two-node SLURM here ({refused.read_text().strip()}): 2 ranks on one node instead")
+    local = load_profile("local")
+    two = local.kinds["pretraining"].model_copy(update={"tasks_per_node": 2})
+    profile = local.model_copy(update={"kinds": {**local.kinds, "pretraining": two}})
+    monkeypatch.setattr(slurm, "load_profile", lambda name: profile)
+    return "local", 1
+
+
+def _torchvision_spec(root: Path, betons: Path, profile: str, **recipe):
+    from pipeline.train.stage import make_spec
+    from pipeline.train.synthetic import smoke_params
+
+    p = smoke_params(**recipe)
+    p = p.model_copy(update={"launch": p.launch.model_copy(update={"launcher": "slurm", "profile": profile})})
+    return make_spec(p, "train", "t", repo_root=root, ffcv_dir=betons,
+                     data_overrides={"backend": "torchvision", "num_workers": 1})
+
+
+def _hosts_of_ranks(rec: dict, world: int) -> dict[int, str]:
+    """{rank: host} from each task's own log (every rank writes the line; a requeued job appends)."""
+    hosts = {}
+    for task in range(world):
+        path = Path(rec["folder"], f"{rec['job_id']}_{task}_log.out")
+        for rank, host in re.findall(r"rank (\d+) of \d+ on (\S+), rendezvous", path.read_text()):
+            hosts[int(rank)] = host
+    return hosts
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_rank_job_saves_at_signal_together_and_matches_one_process(tmp_path, monkeypatch):
-    """Two tasks of one SLURM job (gloo on CPU; NCCL on GPU nodes): rank, world size and
-    rendezvous from submitit's JobEnvironment, as on N nodes. Requeued mid-run, both ranks save
-    their ZeRO-2 partitions at the signal and resume; the result matches one local process with
-    the same global batch (tests/rank_compare.py: why these tolerances and exclusions)."""
-    from pipeline.launch.stage import run_stage
-    from tests.rank_compare import RANK_INVARIANT_RECIPE, assert_students_match
+def test_two_node_job_requeued_resumes_bit_identically_and_evaluates_as_one_rank(tmp_path, monkeypatch):
+    """A training stage of one gloo rank per node on the two nodes of `up.sh --nodes 2` (this host,
+    and n2 in its own network and UTS namespace), rendezvous at the first node SLURM lists, as
+    submitit reports it. Requeued mid-epoch, both ranks save their ZeRO-2 partitions at the signal
+    and resume; with the torchvision loader it ends bit for bit where an uninterrupted job of the
+    same layout ends (weights, metrics, curve), and one process evaluating its weights gets its
+    metrics. Falls back to 2 ranks on the one-node cluster where the namespaces are refused."""
+    from pipeline.data.convert import Sources, convert
+    from pipeline.train.run import METRIC_KEYS, build_arch, build_data, final_metrics
+    from tests.data_fixtures import tiny_builtin, tiny_convert_cfg
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    profile = load_profile("local")
-    two = profile.model_copy(update={"kinds": {**profile.kinds, "pretraining": profile.kinds["pretraining"].model_copy(
-        update={"tasks_per_node": 2})}})
-    monkeypatch.setattr(slurm, "load_profile", lambda name: two)
-    recipe = dict(RANK_INVARIANT_RECIPE, max_steps_per_epoch=4, checkpoint_every_steps=1000)
-    spec = _slurm_spec(tmp_path / "slurm2", n_train=24, **recipe)
-    rec = slurm.submit(spec, "two")
-    _wait_for_line(rec, "step 1/4")
-    subprocess.run(["scontrol", "requeue", rec["job_id"]], check=True)
-    _release_once_requeued(rec["job_id"])
-    slurm.wait(rec, poll_s=2)
-    slurm.collect(spec, rec)
+    profile, nodes = _two_node_cluster(monkeypatch)
+    src = tiny_builtin(tmp_path / "src", classes=4, train=8, val=3, v2=1)
+    betons = tmp_path / "ffcv"  # 32 train images (3 steps of a global batch of 4), 12 val, 4 V2
+    convert(Sources(src / "imagenet/train", src / "imagenet/val", src / "imagenet_v2"), betons,
+            tiny_convert_cfg(max_sides=[256]), log=lambda *_: None)  # 224-pixel crops need a side of 256
+    recipe = dict(epochs=2, max_steps_per_epoch=3, checkpoint_every_steps=1000, batch_size=4, micro_batch_size=2)
+    specs = {name: _torchvision_spec(tmp_path / name, betons, profile, **recipe) for name in ("ref", "requeued")}
+    recs = {name: slurm.submit(spec, name) for name, spec in specs.items()}
+    _wait_for_line(recs["requeued"], "epoch 1/2 step 1/6")  # training, mid-epoch
+    subprocess.run(["scontrol", "requeue", recs["requeued"]["job_id"]], check=True)
+    _release_once_requeued(recs["requeued"]["job_id"])
+    metrics = {name: slurm.wait(rec, poll_s=2) for name, rec in recs.items()}
+    for name, spec in specs.items():
+        slurm.collect(spec, recs[name])
+
+    rec = recs["requeued"]
     log = _log_text(rec)
+    show = subprocess.run(["scontrol", "show", "job", rec["job_id"]], capture_output=True, text=True).stdout
+    assert "Restarts=1" in show, show
     assert "x 2 ranks" in log and "ZeRO stage 2" in log, log[-3000:]
-    _assert_resumed_from_its_signal_checkpoint(log, "two ranks")
-    assert not spec.ckpt_dir.exists()  # the finished run clears its checkpoints
+    _assert_resumed_from_its_signal_checkpoint(log, "2 ranks")
+    hosts = _hosts_of_ranks(rec, world=2)
+    here = socket.gethostname()
+    assert sorted(hosts) == [0, 1] and sorted(hosts.values()) == sorted([here, "n2"] if nodes == 2 else [here] * 2)
+    if nodes == 2:  # the ranks met at the node SLURM lists first: rank 0's
+        assert re.search(r"rendezvous (\S+):\d+", log).group(1) == hosts[0], (hosts, log[-3000:])
 
-    from pipeline.train.synthetic import smoke_params, smoke_spec
+    keys = [k for k in METRIC_KEYS if k != "throughput"]
+    assert {k: metrics["requeued"][k] for k in keys} == {k: metrics["ref"][k] for k in keys}
+    a, b = (torch.load(specs[n].out_dir / "model.pt", weights_only=False) for n in ("ref", "requeued"))
+    for key, t in a["state_dict"].items():
+        assert torch.equal(t, b["state_dict"][key]), key
+    curves = [json.loads(specs[n].plots_file.read_text()) for n in ("ref", "requeued")]
+    assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]  # the resumed epoch's row too
 
-    local = smoke_spec(tmp_path / "local1", smoke_params(tasks=1, **recipe), n_train=24, n_val=4)
-    run_stage(local)
-    assert_students_match(*(torch.load(s.out_dir / "model.pt", weights_only=False)["state_dict"]
-                            for s in (local, spec)))
+    # one process, the job's weights, the same data: the same accuracy counts as the ranks' shards summed
+    spec = specs["requeued"]
+    data = build_data(spec)
+    student, teacher = (build_arch(spec, data.num_classes) for _ in range(2))
+    student.load_state_dict(b["state_dict"])
+    teacher.load_state_dict(b["state_dict_ema"])
+    for model in (student, teacher):
+        model.to(memory_format=torch.channels_last)  # the layout the job trained and evaluated in
+    one = final_metrics(student, teacher, data, spec.recipe, spec.run.img_size, torch.device("cpu"), "fp32",
+                        lambda *_: None)
+    assert {k: one[k] for k in keys} == {k: metrics["requeued"][k] for k in keys}

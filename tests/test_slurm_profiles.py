@@ -19,6 +19,8 @@ GOOD = {"partition": "gpu", "time": "2-00:00:00", "cpus_per_task": 8, "mem": "48
 def test_shipped_profiles_load():
     local = load_profile("local").request("pretraining")
     assert (local.partition, local.world_size, local.gpus_per_node) == ("debug", 1, 0)
+    two = load_profile("local2").request("pretraining")  # slurm/local/up.sh --nodes 2
+    assert (two.partition, two.nodes, two.ntasks_per_node, two.world_size) == ("multi", 2, 1, 2)
     gpu = load_profile("gpu_example").request("pretraining")
     assert gpu.world_size == 8 and gpu.time_min == 2 * 24 * 60  # one task per GPU
     assert load_profile("gpu_example").request("conversion").gpus_per_node == 0

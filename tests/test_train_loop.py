@@ -119,3 +119,13 @@ def _assert_one_tracked_run(uri: str, artifact_root: Path) -> None:
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [3, 6]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/train_t.json"}
     assert list(artifact_root.rglob("train_t.json")), f"no artifact stored under the server's root {artifact_root}"
+
+
+def test_a_checkpoint_holds_every_ranks_curve_tally_and_each_rank_resumes_its_own():
+    # DeepSpeed writes the client state from rank 0 alone: rank 1 must not resume with rank 0's sums
+    from pipeline.train.loop import LoopState
+
+    tallies = [[1.5, 2, 4, 0.3], [2.25, 2, 4, 0.4]]  # loss sum, micro-batches, images, seconds
+    client = LoopState(epoch=1, micro_in_epoch=2, step=5, partial=tallies[0]).client_state(tallies)
+    assert [LoopState.from_client_state(client, rank).partial for rank in (0, 1)] == tallies
+    assert LoopState.from_client_state(client, 1).step == 5

@@ -8,6 +8,7 @@ job is queued or running, then `scontrol show job` (finished jobs stay there for
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -65,7 +66,7 @@ def check_request(req: StageRequest, where: str) -> None:
     names = partitions()
     if req.partition not in names:
         raise SubmissionError(f"{where}.partition: partition {req.partition!r} does not exist on this cluster "
-                              f"(sinfo lists {names})")
+                              f"(sinfo lists {names}; {_which_cluster()})")
     part = _kv(_run(["scontrol", "show", "partition", req.partition, "-o"]).stdout)
     max_time = part.get("MaxTime", "UNLIMITED")
     if max_time not in ("UNLIMITED", "INFINITE") and req.time_min > time_to_minutes(max_time):
@@ -92,6 +93,13 @@ def check_request(req: StageRequest, where: str) -> None:
     if req.mem_mb > max_mem:
         raise SubmissionError(f"{where}.mem: {req.mem} per node requested, the nodes of partition "
                               f"{req.partition!r} have at most {max_mem}M")
+
+
+def _which_cluster() -> str:
+    """Which configuration the SLURM commands read: a shell reaches another cluster through
+    SLURM_CONF (the two-node one of `slurm/local/up.sh --nodes 2`, for one)."""
+    conf = os.environ.get("SLURM_CONF")
+    return f"SLURM_CONF={conf}" if conf else "SLURM_CONF unset: the cluster of the default slurm.conf"
 
 
 def job_state(job_id: str) -> str:

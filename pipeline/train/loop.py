@@ -22,7 +22,7 @@ from timm.loss import SoftTargetCrossEntropy
 from pipeline.config import RecipeParams
 
 from .checkpoint import CheckpointStore, set_rng_state, tag_for
-from .collectives import all_reduce, all_sum, average_batchnorm_stats, world
+from .collectives import all_gather, all_reduce, all_sum, average_batchnorm_stats, world
 from .data import epoch_batches
 from .ema_distill import EmaTeacher, distill_target, teacher_target
 from .engine import MEMORY_FORMAT, BatchLayout, to_memory_format, zero_stage
@@ -58,18 +58,25 @@ class LoopState:
     micro_in_epoch: int = 0  # micro-batches of that epoch already trained
     step: int = 0  # optimiser steps done
     history: list[dict] = field(default_factory=list)  # one row per finished epoch
-    # the epoch in progress so far: loss sum, micro-batches, images, training seconds; kept in
-    # checkpoints so that a resumed epoch's curve row is the uninterrupted run's
+    # this rank's share of the epoch in progress so far: loss sum, micro-batches, images, training
+    # seconds; every rank's is kept in checkpoints so that a resumed epoch's curve row is the
+    # uninterrupted run's
     partial: list[float] = field(default_factory=lambda: [0.0, 0, 0, 0.0])
 
-    def client_state(self) -> dict:
+    def client_state(self, partials: list[list[float]]) -> dict:
+        """What DeepSpeed writes with the checkpoint, from rank 0's copy only: hence every rank's
+        tally (`partials`, in rank order), not this rank's."""
         return {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "step": self.step,
-                "history": self.history, "partial": list(self.partial)}
+                "history": self.history, "partial": partials}
 
     @classmethod
-    def from_client_state(cls, s: dict) -> "LoopState":
+    def from_client_state(cls, s: dict, rank: int) -> "LoopState":
+        partials = s.get("partial") or [[0.0, 0, 0, 0.0]]
+        if not isinstance(partials[0], list):  # a checkpoint of an earlier version: rank 0's tally alone
+            partials = [partials] * (rank + 1)
+        loss_sum, micro, images, seconds = partials[rank]
         return cls(s["epoch"], s["micro_in_epoch"], s["step"], list(s["history"]),
-                   list(s.get("partial", [0.0, 0, 0, 0.0])))
+                   [float(loss_sum), int(micro), int(images), float(seconds)])
 
 
 class Trainer:
@@ -126,7 +133,7 @@ class Trainer:
         if tag is None:
             return False
         client, ema_state = self.store.load(self.engine, tag)
-        self.state = LoopState.from_client_state(client)
+        self.state = LoopState.from_client_state(client, self.rank)
         self._rng_to_restore = client["_rng"]
         if ema_state is not None:
             self.teacher.load_state_dict(ema_state)
@@ -140,7 +147,8 @@ class Trainer:
     def save(self) -> None:
         if self.state.micro_in_epoch:  # mid-epoch: the loss sum so far (a host sync; at saves only)
             self.state.partial[0] = float(self._loss_sum)
-        self.last_tag = self.store.save(self.engine, self.state.step, self.state.client_state(),
+        partials = [t.tolist() for t in all_gather(torch.tensor(self.state.partial, dtype=torch.float64))]
+        self.last_tag = self.store.save(self.engine, self.state.step, self.state.client_state(partials),
                                         self.teacher.state_dict())
 
     # -- training -------------------------------------------------------------------------------

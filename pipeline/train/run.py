@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,8 @@ def _train_worker(spec: RunSpec) -> dict | None:
     rank, world = env["rank"], env["world_size"]
     device = rank_device(env)
     init_distributed(device)
+    if world > 1:  # where each rank runs, and where the ranks met (the first node of the job's node list)
+        log(f"[{spec.stage}] rank {rank} of {world} on {socket.gethostname()}, rendezvous {env['master']}")
     recipe, run = spec.recipe, spec.run
     precision = resolve_precision(recipe.precision, device)
     layout = batch_layout(recipe, world)
