@@ -10,6 +10,8 @@ one. It also sets torch's intra-op thread count to its worker count (ffcv.pipeli
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util  # noqa: F401  (see _stop_open_loaders: its exit hook must be registered first)
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +48,21 @@ class _Running:
             it._shutdown_workers()
 
 
+_OPEN: weakref.WeakSet[_Running] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_open_loaders() -> None:
+    """At interpreter exit, stop every loader still running, before multiprocessing's own exit hook
+    joins the torchvision backend's worker processes (which wait for work forever, so the script
+    would hang). atexit runs its hooks last-registered first, and this one is registered after
+    multiprocessing.util's (imported above). `weakref.finalize` cannot be relied on for it: its
+    exit hook is registered with the process's first finalizer, which a library imported earlier
+    (numba, since pipeline.data imports it) may create before multiprocessing is imported."""
+    for running in list(_OPEN):
+        running.stop()
+
+
 @dataclass
 class Batches:
     """An iterable of (images, labels) batches; each `iter()` is one epoch.
@@ -72,7 +89,8 @@ class Batches:
 
     def __post_init__(self):
         self._running = _Running()
-        self._finalizer = weakref.finalize(self, self._running.stop)
+        _OPEN.add(self._running)
+        self._finalizer = weakref.finalize(self, self._running.stop)  # a Batches dropped mid-epoch
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Make the next `iter()` epoch `epoch` (0-based) of a run seeded `seed`, whatever came
