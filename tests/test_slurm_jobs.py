@@ -102,12 +102,16 @@ def _release_once_requeued(job_id: str, timeout_s: float = 600) -> threading.Thr
     """SLURM holds a requeued batch job for about 120 s (its begin time is set ahead; the local
     cluster's slurmctld.log shows each requeued job allocated again 121-122 s later). What these
     tests check is the save at the signal and the resume, not that hold: once the job is pending
-    again, start it now, as an operator would with `scontrol update`."""
+    again, start it, as an operator would with `scontrol update`; but not within the second of the
+    requeue: slurmd revoked the job's credential then and compares whole seconds, so an allocation
+    in that same second is refused ("Killing non-startable batch JobId=N: Job credential revoked",
+    and the job ends FAILED; seen once in CI when a CPU was free at once)."""
     def release():
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
             if "JobState=PENDING" in show and "Restarts=0" not in show:
+                time.sleep(2)
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
                 return
             if "JobState=COMPLETED" in show or "JobState=FAILED" in show or not show:
