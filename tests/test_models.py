@@ -9,6 +9,7 @@ import pipeline.models  # noqa: F401  (registers the models)
 from pipeline.models.deploy import fold_batchnorm, fold_identities, inference_model
 from pipeline.models.flops import attention_gflops, count_gflops
 from pipeline.models.report import PAPER_GFLOPS, PAPER_PARAMS_M, GFLOPS_TOLERANCE, PARAMS_TOLERANCE
+from tests.model_fixtures import randomise_batchnorm
 
 SIZES = ["hiri_vit_s", "hiri_vit_b", "hiri_vit_l"]
 
@@ -104,17 +105,6 @@ def test_reset_classifier():
         model.reset_classifier(10, "")
 
 
-def _randomise_batchnorm(model):
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=gen) * 0.6 - 0.3)
-
-
 def _assert_same_function(model, deployed, x) -> None:
     with torch.no_grad():
         ref, out = model(x), deployed(x)
@@ -134,7 +124,7 @@ def _folded(model):
 def test_folded_model_matches_original(name, res, x_res):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **({"img_size": res} if name.startswith("hiri") else {})).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     _assert_same_function(model, _folded(model), torch.randn(2, 3, x_res, x_res))
 
 
@@ -142,7 +132,7 @@ def test_inference_model_is_a_folded_channels_last_copy_computing_the_same():
     """BatchNorm and identities folded, NHWC weights; the model handed in stays as it was."""
     torch.manual_seed(0)
     model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).train()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     deployed = inference_model(model)
     assert not deployed.training and not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
     assert deployed.stem.conv1[0][0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -157,7 +147,7 @@ def test_sync_batchnorm_folds_too():
     stage evaluates it through inference_model, so it must fold the same way."""
     torch.manual_seed(0)
     model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
     deployed = inference_model(synced)
@@ -168,7 +158,7 @@ def test_sync_batchnorm_folds_too():
 def test_inference_model_reparameterises_a_repvgg_style_baseline_the_timm_way():
     torch.manual_seed(0)
     model = timm.create_model("mobileone_s0", num_classes=10).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     deployed = inference_model(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
     _assert_same_function(model, deployed, torch.randn(2, 3, 64, 64))
@@ -178,7 +168,7 @@ def test_inference_model_reparameterises_a_repvgg_style_baseline_the_timm_way():
 def test_identities_fold_into_the_depthwise_kernels(name, res):
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=res, num_classes=10).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     folded = _folded(model)
     _assert_same_function(model, fold_identities(folded), torch.randn(2, 3, res, res))
     kinds = {type(m).__name__ for m in folded.modules()}
@@ -192,7 +182,7 @@ def test_folded_hr_block_on_an_odd_map():
 
     torch.manual_seed(0)
     block = torch.nn.Sequential(HRBlock(8, 2.0)).eval()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     _assert_same_function(block, fold_identities(_folded(block)), torch.randn(1, 8, 7, 9))
 
 

@@ -207,12 +207,11 @@ def test_accuracy_evaluates_hiri_vit_as_deployed_with_the_plain_models_counts():
 
     import pipeline.models  # noqa: F401
     from pipeline.train.evaluate import accuracy
+    from tests.model_fixtures import randomise_batchnorm
 
     torch.manual_seed(0)
     model = timm.create_model("hiri_vit_s", img_size=64, num_classes=10).train()
-    for m in model.modules():  # BatchNorm statistics far from identity, so that folding matters
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    randomise_batchnorm(model)
     batches = [(torch.randn(6, 3, 64, 64), torch.randint(0, 10, (6,))) for _ in range(3)]
     acc = accuracy(model, batches, torch.device("cpu"), "fp32", teacher_map=True)
     assert model.training and isinstance(model.stem.norm, torch.nn.BatchNorm2d)  # left as it was

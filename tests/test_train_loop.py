@@ -129,3 +129,5 @@ def test_a_checkpoint_holds_every_ranks_curve_tally_and_each_rank_resumes_its_ow
     client = LoopState(epoch=1, micro_in_epoch=2, step=5, partial=tallies[0]).client_state(tallies)
     assert [LoopState.from_client_state(client, rank).partial for rank in (0, 1)] == tallies
     assert LoopState.from_client_state(client, 1).step == 5
+    older = {k: v for k, v in client.items() if k != "partial"}  # a checkpoint from before the tallies
+    assert LoopState.from_client_state(older, 1).partial == [0.0, 0, 0, 0.0]

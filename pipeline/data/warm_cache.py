@@ -40,7 +40,7 @@ def warm(params_path: str | Path = "params.yaml") -> float:
         cfg = params.data.convert.model_copy(update={"max_sides": [SIDE], "num_workers": 1})
         convert(Sources(folders["train"], folders["val"], folders["v2"]), tmp / "ffcv", cfg,
                 log=lambda *_: None)
-        res = SIDE * 7 // 8  # fits the tiny beton at the configured crop ratio
+        res = int(SIDE * params.data.loader.val_crop_pct)  # fits the tiny beton at the configured crop ratio
         with build_train_loader(params, res, 4, ffcv_dir=tmp / "ffcv", backend="ffcv", num_workers=1) as batches:
             next(iter(batches))
         with build_val_loader(params, res, 4, ffcv_dir=tmp / "ffcv", backend="ffcv", num_workers=1) as batches:

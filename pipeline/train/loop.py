@@ -71,8 +71,8 @@ class LoopState:
 
     @classmethod
     def from_client_state(cls, s: dict, rank: int) -> "LoopState":
-        partials = s.get("partial") or [[0.0, 0, 0, 0.0]]
-        if not isinstance(partials[0], list):  # a checkpoint of an earlier version: rank 0's tally alone
+        partials = s.get("partial", [0.0, 0, 0, 0.0])
+        if not isinstance(partials[0], list):  # a checkpoint of an earlier version: one tally, rank 0's
             partials = [partials] * (rank + 1)
         loss_sum, micro, images, seconds = partials[rank]
         return cls(s["epoch"], s["micro_in_epoch"], s["step"], list(s["history"]),
