@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d
 from torch import nn
 
-from .blocks import CFFN, Attention, PointwiseFC
+from .blocks import CFFN, Attention, PointwiseFC, attention
 
 NORMS = ("ln", "bn")
 
@@ -102,7 +102,7 @@ class SRAttention(nn.Module):
         q = self.q(tokens).reshape(b, -1, heads, d).transpose(1, 2)
         reduced = self.sr_norm(self.sr(x).flatten(2).transpose(1, 2))
         k, v = self.kv(reduced).reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, -1, c))
 
 

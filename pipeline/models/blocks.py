@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_function, register_notrace_module
 from torch import nn
 
 
@@ -28,10 +28,54 @@ class PointwiseFC(nn.Conv2d):
         super().__init__(c_in, c_out, 1)
 
 
+def repeat_2d(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Each value of an NCHW map repeated over a factor x factor cell. Nearest-neighbour
+    interpolation at an integer factor is exactly that, and torch's kernel keeps channels_last,
+    where two `repeat_interleave`s return NCHW and their backward took 6-8x as long (bf16, the
+    stage-1 map of HIRI-S@448 at batch 16)."""
+    return F.interpolate(x, scale_factor=factor, mode="nearest")
+
+
+def _cpu_bf16_training(x: torch.Tensor) -> bool:
+    """Whether `x` is computed for a backward on the CPU under bf16 autocast: where oneDNN's bf16
+    backward of two kernels is several times its fp32 one (`python bench/cpu_bf16_kernels.py`)."""
+    return (torch.is_grad_enabled() and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+@register_notrace_module  # its dtype choice stays out of FX graphs (timm's feature extraction)
+class StridedDepthwiseConv2d(nn.Conv2d):
+    """A strided depth-wise conv (HR block's low branch, IRDS-b) that, when training on the CPU
+    under bf16 autocast, computes in fp32 and hands bf16 on.
+
+    oneDNN's bf16 backward of a strided depth-wise conv is about 10x its fp32 backward on the CPU
+    we train on (1920 channels at 14x14, batch 16: 87 ms against 9 ms), while its forward costs the
+    same in either: at the main job's HIRI-S@448 batch 16 the four such convs took 0.2 s of a 2.5 s
+    step. Elsewhere (GPUs, inference, fp32) it is a plain conv, with the same parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_bf16_training(x):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float()).to(torch.bfloat16)
+        return super().forward(x)
+
+
+@register_notrace_function  # as above
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v, with torch's fused kernel. Training on the CPU under bf16
+    autocast it runs in fp32: the bf16 backward of CPU flash attention is 1.5x (stage 4's 196
+    tokens) to 4x (stage 5's 49) its fp32 one, for the same forward cost."""
+    if _cpu_bf16_training(q):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv (no bias, BN carries it) followed by BatchNorm."""
+    conv = StridedDepthwiseConv2d if stride > 1 and groups == c_in == c_out > 1 else nn.Conv2d
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        conv(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(c_out),
     )
 
@@ -77,7 +121,7 @@ class HRStem(nn.Module):
         x = self.conv1(x)
         low = self.low(x)
         if self.low_upsample > 1:
-            low = low.repeat_interleave(self.low_upsample, 2).repeat_interleave(self.low_upsample, 3)
+            low = repeat_2d(low, self.low_upsample)
         return self.norm(self.high(x) + low)
 
 
@@ -104,7 +148,7 @@ class HRBlock(nn.Module):
         h, w = x.shape[-2:]
         low = self.low_fc2(self.low_act(self.low_fc1(self.low_down(x))))
         # Upsampling by repetition; crop handles odd sizes (e.g. a 768 input's dense-task crops).
-        low = low.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :h, :w]
+        low = repeat_2d(low, 2)[..., :h, :w]
         return x + self.drop_path(self.high(x) + low)
 
 
@@ -144,7 +188,7 @@ class IRDSB(nn.Module):
         super().__init__()
         hidden = int(c_in * expansion)
         self.expand = nn.Sequential(conv_bn(c_in, hidden, 1), nn.GELU())
-        self.dw = nn.Conv2d(hidden, hidden, 3, 2, 1, groups=hidden)
+        self.dw = StridedDepthwiseConv2d(hidden, hidden, 3, 2, 1, groups=hidden)
         self.project = nn.Conv2d(hidden, c_out, 1)
         self.shortcut = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1))
 
@@ -199,7 +243,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
@@ -237,7 +281,7 @@ class ClassAttention(nn.Module):
         heads, d = self.num_heads, c // self.num_heads
         q = self.q(x[:, :1]).reshape(b, 1, heads, d).transpose(1, 2)
         k, v = self.kv(x).reshape(b, n, 2, heads, d).permute(2, 0, 3, 1, 4)
-        cls = F.scaled_dot_product_attention(q, k, v)
+        cls = attention(q, k, v)
         return self.proj(cls.transpose(1, 2).reshape(b, 1, c))
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .blocks import CFFN, HRBlock, HRStem
+from .blocks import CFFN, HRBlock, HRStem, repeat_2d
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +125,7 @@ class _FoldedHRBlock(HRBlock):
         low = self.low_fc2(self.low_act(self.low_fc1(self.low_down(x))))
         out = self.high(x)
         if h % 2 or w % 2:  # an odd map: upsample and crop, as HRBlock does
-            return out + low.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :h, :w]
+            return out + repeat_2d(low, 2)[..., :h, :w]
         # each low-resolution value added to its 2x2 cell in place: the repetition never materialised
         out.unflatten(2, (h // 2, 2)).unflatten(4, (w // 2, 2)).add_(low[:, :, :, None, :, None])
         return out

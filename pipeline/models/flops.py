@@ -45,6 +45,10 @@ def _sdpa_flop(inputs, outputs) -> int:
 
 EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": _sdpa_flop,
+    # the HR blocks' upsampling by repetition (blocks.repeat_2d): fvcore's own handle counts one
+    # per output element of a nearest upsample (a None handle would not replace it), but a
+    # repetition does no multiply-adds
+    "aten::upsample_nearest2d": lambda inputs, outputs: 0,
 }
 
 
