@@ -124,3 +124,27 @@ def test_rand_augment_image_is_a_function_of_its_key(photos):
     assert np.array_equal(a, b)
     outs = [run(python_key(1, 2, i, 3)) for i in range(8)]
     assert sum(not np.array_equal(o, img) for o in outs) >= 4, "RandAugment left most images unchanged"
+
+
+def test_the_c_pointer_entry_gives_the_same_images(photos):
+    """The FFCV pipeline calls RandAugment through `rand_augment_c` (a numba cfunc, so that FFCV's
+    per-loader compilation does not compile RandAugment again): byte for byte the kernel's result."""
+    import ctypes
+
+    from pipeline.data.randaugment import rand_augment_c
+
+    augment = rand_augment_c().ctypes
+    op_ids = np.array(sorted(set(OP_IDS.values()) - set(range(15, 21))), dtype=np.int64)
+    fill = np.array(FILL, dtype=np.uint8)
+    u8 = ctypes.POINTER(ctypes.c_uint8)
+    for n, img in enumerate(photos[:2]):
+        img = np.ascontiguousarray(img)
+        for i in range(12):
+            key = python_key(0, 1, 100 * n + i, 3)
+            want, tmp = np.empty_like(img), np.empty_like(img)
+            rand_augment_image(img, tmp, want, np.uint64(key), op_ids, 2, 0.5, 9.0, 0.5, 10.0, 0.45, fill, i % 2 == 1)
+            got, tmp = np.empty_like(img), np.empty_like(img)
+            augment(img.ctypes.data_as(u8), tmp.ctypes.data_as(u8), got.ctypes.data_as(u8), img.shape[0],
+                    img.shape[1], key, op_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), len(op_ids), 2, 0.5,
+                    9.0, 0.5, 10.0, 0.45, fill.ctypes.data_as(u8), i % 2 == 1)
+            assert np.array_equal(got, want), (n, i)

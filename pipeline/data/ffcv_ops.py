@@ -29,7 +29,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from numba import types
 
-from pipeline.data.randaugment import RandAugmentSpec, rand_augment_image
+from pipeline.data.randaugment import RandAugmentSpec, rand_augment_c
 from pipeline.data.seeding import CROP, ERASE, FLIP, RAND_AUGMENT, EpochCell, kernel, python_key, sample_key, uniform
 
 
@@ -154,14 +154,20 @@ class RandAugmentOp(Operation):
         op_ids, fill = s.arrays()
         num_layers, prob, magnitude, mstd, mmax = s.num_layers, s.prob, s.magnitude, s.magnitude_std, s.magnitude_max
         translate_pct, bilinear = s.translate_pct, s.bilinear
+        # through a C pointer: FFCV compiles this function per loader, and would compile all of
+        # RandAugment with it (randaugment.rand_augment_c)
+        augment = rand_augment_c().ctypes
 
         def rand_augment(images, buffers, indices):
             dst, tmp = buffers
+            if not (images.flags.c_contiguous and dst.flags.c_contiguous and tmp.flags.c_contiguous):
+                raise ValueError("RandAugmentOp needs C-contiguous image batches")
             seed, epoch = read_cell()
+            h, w = images.shape[1], images.shape[2]
             for i in my_range(images.shape[0]):
                 key = sample_key(seed, epoch, indices[i], RAND_AUGMENT)
-                rand_augment_image(images[i], tmp[i], dst[i], key, op_ids, num_layers, prob, magnitude, mstd, mmax,
-                                   translate_pct, fill, bilinear)
+                augment(images[i].ctypes, tmp[i].ctypes, dst[i].ctypes, h, w, key, op_ids.ctypes, len(op_ids),
+                        num_layers, prob, magnitude, mstd, mmax, translate_pct, fill.ctypes, bilinear)
             return dst[:images.shape[0]]
 
         rand_augment.is_parallel = True

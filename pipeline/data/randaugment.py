@@ -14,10 +14,13 @@ from Python's or NumPy's global generators, so the result depends on (seed, epoc
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import carray, cfunc, types
+
 from pipeline.data.seeding import gauss, kernel, uniform
 
 # Op ids. The kind of level -> argument mapping is fixed by the id (see _op_arg).
@@ -613,3 +616,32 @@ def rand_augment_image(src, tmp, dst, key, op_ids, num_layers, prob, magnitude, 
         dst[:] = src
     elif applied % 2 == 0:
         dst[:] = tmp
+
+
+_U8P = types.CPointer(types.uint8)
+_C_SIGNATURE = types.void(_U8P, _U8P, _U8P, types.int64, types.int64, types.uint64, types.CPointer(types.int64),
+                          types.int64, types.int64, types.float64, types.float64, types.float64, types.float64,
+                          types.float64, _U8P, types.boolean)
+
+
+@functools.cache
+def rand_augment_c():
+    """`rand_augment_image` behind a C function pointer, for compiled callers: a numba `cfunc`,
+    cached on disk like the kernels, built at the first call. Its `.ctypes` takes (src, tmp, dst
+    as the data pointers of C-contiguous HxWx3 uint8 images, H, W, key, op_ids pointer, its
+    length, num_layers, prob, magnitude, mstd, mmax, translate_pct, fill pointer, bilinear).
+
+    Why: numba links a jitted callee's code into every caller and compiles it again there, with
+    the caller. FFCV generates its pipeline function anew for every loader, so each training
+    process spent about 8 s of LLVM on the 15 RandAugment ops before its first batch (2 cores).
+    Called through this pointer the pipeline compiles in a fraction of a second, and the images
+    are the same bytes (tests/test_randaugment.py)."""
+
+    @cfunc(_C_SIGNATURE, cache=True, error_model="numpy")
+    def rand_augment_pointers(src, tmp, dst, h, w, key, op_ids, num_ops, num_layers, prob, magnitude, mstd, mmax,
+                              translate_pct, fill, bilinear):
+        shape = (h, w, 3)
+        rand_augment_image(carray(src, shape), carray(tmp, shape), carray(dst, shape), key, carray(op_ids, (num_ops,)),
+                           num_layers, prob, magnitude, mstd, mmax, translate_pct, carray(fill, (3,)), bilinear)
+
+    return rand_augment_pointers
