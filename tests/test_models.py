@@ -225,3 +225,37 @@ def test_non_square_img_size_is_rejected():
 def test_pretrained_weights_do_not_exist():
     with pytest.raises(ValueError, match="no published weights"):
         timm.create_model("hiri_vit_s", pretrained=True)
+
+
+def test_cpu_bf16_training_computes_the_slow_backward_kernels_in_fp32():
+    """Training on the CPU under bf16 autocast, the strided depth-wise conv and attention run in
+    fp32 and hand bf16 on (docs/training.md, "CPU bf16 kernels"); without grad, in fp32, or outside
+    autocast they are the plain kernels. The HR blocks' upsampling is a repetition."""
+    import torch.nn.functional as F
+
+    from pipeline.models.blocks import StridedDepthwiseConv2d, attention, repeat_2d
+
+    torch.manual_seed(0)
+    conv = StridedDepthwiseConv2d(16, 16, 3, 2, 1, groups=16, bias=False)
+    x = torch.randn(2, 16, 14, 14)
+    q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
+    fp32_conv = F.conv2d(x, conv.weight, None, 2, 1, 1, 16).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, att = conv(x), attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+        with torch.no_grad():
+            plain_conv = conv(x)
+            plain_attn = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == att.dtype == torch.bfloat16
+    # fp32 arithmetic rounded once (q, k, v were bf16 already: round them the same way first)
+    assert torch.equal(out, fp32_conv)
+    assert torch.equal(att, F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(),
+                                                           v.bfloat16().float()).to(torch.bfloat16))
+    assert torch.equal(plain_conv, F.conv2d(x.bfloat16(), conv.weight.bfloat16(), None, 2, 1, 1, 16))
+    assert torch.equal(plain_attn, F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()))
+    assert not torch.equal(plain_conv, fp32_conv)  # the two paths are told apart by this input
+    out.float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, None, 2, 1, 1, 16))  # no autocast: plain fp32
+    low = torch.randn(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(repeat_2d(low, 2), low.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    assert repeat_2d(low, 2).is_contiguous(memory_format=torch.channels_last)

@@ -7,8 +7,9 @@ Our augmentation kernels (seeding, RandAugment, the crop and erase operations) a
 process loads them. Without this step that first process is the user's first training job. It
 runs the training and evaluation loaders of params.yaml for one batch on a tiny generated set,
 so the kernels are compiled with exactly the types the loaders pass them. What stays per
-process is FFCV's own pipeline code, generated per loader and not cacheable (about 10 s to the
-first batch with a warm cache; docs/data.md).
+process is FFCV's own pipeline code, generated per loader and not cacheable: it calls
+RandAugment through a cached C pointer (randaugment.rand_augment_c) so that compiling it does not
+compile RandAugment again (about 2 s to the first batch with a warm cache; docs/data.md).
 """
 from __future__ import annotations
 
