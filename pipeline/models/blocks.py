@@ -36,11 +36,25 @@ def repeat_2d(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=factor, mode="nearest")
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+# Measured on AVX512-BF16 CPUs without AMX only; AMX's bf16 tiles may change the comparison, so
+# those CPUs keep the plain kernels until someone measures there (bench/cpu_bf16_kernels.py).
+_ROUTE_CPU_BF16 = not _cpu_has_amx()
+
+
 def _cpu_bf16_training(x: torch.Tensor) -> bool:
-    """Whether `x` is computed for a backward on the CPU under bf16 autocast: where oneDNN's bf16
-    backward of two kernels is several times its fp32 one (`python bench/cpu_bf16_kernels.py`)."""
-    return (torch.is_grad_enabled() and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    """Whether `x` is computed for a backward on a CPU without AMX under bf16 autocast: where
+    oneDNN's bf16 backward of two kernels is several times its fp32 one
+    (`python bench/cpu_bf16_kernels.py`)."""
+    return (_ROUTE_CPU_BF16 and torch.is_grad_enabled() and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 @register_notrace_module  # its dtype choice stays out of FX graphs (timm's feature extraction)
