@@ -178,6 +178,28 @@ def _failed_task(tasks) -> tuple[int, str] | None:
     return None
 
 
+def _stop_job(job, grace_s: float = 5.0) -> None:
+    """Cancel a LocalJob and see its processes gone. submitit's cancel is a SIGINT to the job's
+    controller process, which a process started in the background of a non-interactive shell
+    ignores (SIG_IGN is inherited), and a rank blocked inside a C++ rendezvous or collective never
+    runs Python's handlers: so whatever of the job is still alive `grace_s` later is killed."""
+    import psutil
+
+    try:
+        controller = psutil.Process(int(job.job_id))  # a LocalJob's id is its controller's pid
+        procs = [controller, *controller.children(recursive=True)]
+    except (psutil.Error, ValueError):
+        procs = []
+    job.cancel(check=False)
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
 def run_spec(spec):
     """What each local task runs: the stage spec's own worker (a module-level function, so submitit
     pickles it by name)."""
@@ -204,7 +226,7 @@ def run_local(fn: Callable, *args, launch: LaunchParams, folder: str | Path, nam
         failed = _failed_task(tasks)
         if failed is not None:
             # one rank died: the others would wait in a collective until gloo's timeout
-            job.cancel(check=False)
+            _stop_job(job)
             rank, trace = failed
             raise LaunchError(f"{name}: rank {rank} failed, the other ranks were stopped:\n{trace}")
         time.sleep(0.5)
