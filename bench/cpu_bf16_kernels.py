@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,17 +41,10 @@ def _fwd_bwd_ms(fn, inputs: list[torch.Tensor], repeats: int) -> tuple[float, fl
     return 1e3 * min(fwd), 1e3 * min(bwd)
 
 
-def _in_fp32(fn):
-    """`fn` on fp32 copies of its bf16 inputs, its output back in bf16 (what our blocks do)."""
-    def run(*xs):
-        return fn(*(x.float() for x in xs)).to(torch.bfloat16)
-    return run
-
-
 def kernel_cases(model, img_size: int, batch: int):
     """(name, plain fn, our fn, bf16 inputs) for every strided depth-wise conv, attention and
     upsampling shape of `model` at `img_size`, found by hooks on one forward."""
-    from pipeline.models.blocks import Attention, ClassAttention, HRBlock, StridedDepthwiseConv2d
+    from pipeline.models.blocks import Attention, ClassAttention, HRBlock, StridedDepthwiseConv2d, in_fp32
 
     seen, cases = set(), []
 
@@ -65,7 +59,7 @@ def kernel_cases(model, img_size: int, batch: int):
         def conv(x, w, s=mod.stride, p=mod.padding, g=mod.groups):
             return F.conv2d(x, w, None, s, p, 1, g)
         h, wd = inp[0].shape[-2:]
-        cases.append((f"strided dw conv {mod.in_channels} ch {h}x{wd}", conv, _in_fp32(conv), [x, w]))
+        cases.append((f"strided dw conv {mod.in_channels} ch {h}x{wd}", conv, partial(in_fp32, conv), [x, w]))
 
     def attn_hook(mod, inp, out):
         b, n, c = inp[0].shape
@@ -79,7 +73,7 @@ def kernel_cases(model, img_size: int, batch: int):
         q = torch.randn(batch, heads, lq, d, dtype=torch.bfloat16)
         k, v = (torch.randn(batch, heads, n, d, dtype=torch.bfloat16) for _ in range(2))
         sdpa = F.scaled_dot_product_attention
-        cases.append((f"attention {heads} heads {lq}x{n} tokens", sdpa, _in_fp32(sdpa), [q, k, v]))
+        cases.append((f"attention {heads} heads {lq}x{n} tokens", sdpa, partial(in_fp32, sdpa), [q, k, v]))
 
     def up_hook(mod, inp, out):  # the HR block's low branch: half its input's grid, upsampled back
         c, h, w = inp[0].shape[1:]

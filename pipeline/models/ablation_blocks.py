@@ -10,7 +10,6 @@ are NCHW, as in blocks.py.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d
 from torch import nn
 

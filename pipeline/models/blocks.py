@@ -57,6 +57,13 @@ def _cpu_bf16_training(x: torch.Tensor) -> bool:
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
+def in_fp32(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn on fp32 copies of `tensors` with CPU autocast off, its result handed on in bf16: how the
+    blocks below run the kernels whose bf16 backward is slow on the CPU."""
+    with torch.autocast("cpu", enabled=False):
+        return fn(*(t.float() for t in tensors)).to(torch.bfloat16)
+
+
 @register_notrace_module  # its dtype choice stays out of FX graphs (timm's feature extraction)
 class StridedDepthwiseConv2d(nn.Conv2d):
     """A strided depth-wise conv (HR block's low branch, IRDS-b) that, when training on the CPU
@@ -69,8 +76,7 @@ class StridedDepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _cpu_bf16_training(x):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float()).to(torch.bfloat16)
+            return in_fp32(super().forward, x)
         return super().forward(x)
 
 
@@ -80,8 +86,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     autocast it runs in fp32: the bf16 backward of CPU flash attention is 1.5x (stage 4's 196
     tokens) to 4x (stage 5's 49) its fp32 one, for the same forward cost."""
     if _cpu_bf16_training(q):
-        with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return in_fp32(F.scaled_dot_product_attention, q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
 
