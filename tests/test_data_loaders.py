@@ -118,9 +118,10 @@ def test_a_failing_augmentation_raises_instead_of_hanging(same_images, monkeypat
 
 def test_ffcv_normalises_and_erases_after_a_uint8_copy_as_the_cpu_pipeline_did(same_images):
     """The loader hands over uint8 NHWC batches with the sample indices (a quarter of float32's bytes
-    to copy to the GPU); DeviceTail normalises and erases where the batch lands, channels_last, with
-    the CPU op's arithmetic and erase_one's draws: the same values as before, bit for bit."""
-    from pipeline.data.ffcv_ops import _normalize_one, erase_one
+    to copy to the GPU); DeviceTail normalises and erases where the batch lands, channels_last: a
+    float32 multiply then a subtraction (torch's arithmetic, as on the GPU), and erase_one's draws,
+    bit for bit."""
+    from pipeline.data.ffcv_ops import erase_one, normalization
     from pipeline.data.seeding import ERASE, python_key
 
     cfg = data(re_prob=0.5)
@@ -128,17 +129,38 @@ def test_ffcv_normalises_and_erases_after_a_uint8_copy_as_the_cpu_pipeline_did(s
     x, y = next(iter(batches))
     x, y = x.clone(), y.clone()
     assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
-    norm, batches.tail = batches.tail, None  # now what the loader itself hands over, for the same epoch
+    batches.tail = None  # now what the loader itself hands over, for the same epoch
     batches.set_epoch(0, 5)
     u8, tagged = next(iter(batches))
     assert u8.dtype == torch.uint8 and u8.shape == (8, RES, RES, 3) and tagged.shape == (8, 2)
     assert torch.equal(tagged[:, 0], y)
-    # the reference: the CPU op per image, then erase_one on the CPU
-    ref = torch.empty(8, 3, RES, RES)
+    scale, shift = (torch.from_numpy(v).view(1, 3, 1, 1) for v in normalization(cfg.loader.mean, cfg.loader.std))
+    ref = u8.permute(0, 3, 1, 2).float() * scale - shift
     for i in range(8):
-        _normalize_one(u8[i].numpy(), ref[i].numpy(), norm.scale.flatten().numpy(), norm.shift.flatten().numpy())
         erase_one(ref[i], python_key(5, 0, int(tagged[i, 1]), ERASE), 0.5, 1, mode="pixel")
     assert torch.equal(x, ref) and x.std() > 0.3  # and a real, normalised batch
+
+
+def test_the_cpu_tail_reuses_a_batch_only_once_nobody_holds_it():
+    """DeviceTail writes CPU batches into reused buffers (fresh 77 MB ones cost page faults every
+    batch): a batch, or a view of it, that the consumer keeps is never written over; one it has
+    let go of is reused."""
+    from pipeline.data.ffcv_ops import DeviceTail
+    from pipeline.data.seeding import EpochCell
+
+    tail = DeviceTail((0.5,) * 3, (0.25,) * 3, 0.0, "pixel", 1, EpochCell(0, 0))
+    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+    first = tail(images, [0, 1, 2, 3])
+    kept, first_memory = first.clone(), first.data_ptr()
+    second = tail(255 - images, [0, 1, 2, 3])  # `first` is held: a second buffer
+    assert torch.equal(first, kept) and second.data_ptr() != first.data_ptr()
+    view = second[1:3]
+    del first, second
+    third = tail(images, [0, 1, 2, 3])  # the first buffer is free again; the second is still viewed
+    assert torch.equal(third, kept) and third.data_ptr() == first_memory
+    assert torch.equal(view, (tail(255 - images, [0] * 4)[1:3])) and view.data_ptr() != third.data_ptr()
+    held = [tail(images, [0] * 4) for _ in range(5)]  # a consumer that keeps everything
+    assert len({h.data_ptr() for h in held}) == 5 and all(torch.equal(h, kept) for h in held)
 
 
 # --- reproducibility: every draw from (seed, epoch, sample index) ----------------------------------
@@ -268,7 +290,7 @@ def test_warm_cache_compiles_every_kernel_the_ffcv_loaders_call(tmp_path):
     assert warm.returncode == 0, warm.stderr[-3000:]
     cached = {p.name.split("-")[0] for p in (tmp_path / "numba").rglob("*.nbi")}
     assert {"randaugment.rand_augment_image", "randaugment.rand_augment_c.locals.rand_augment_pointers",
-            "ffcv_ops.random_crop", "ffcv_ops.flip_in_place",
+            "ffcv_ops.random_crop", "ffcv_ops.flip_in_place", "ffcv_ops._normalize_nhwc",
             "seeding._mix"} <= cached, sorted(cached)
     # again, now with numba saying what it does with its cache: ours all loaded, none compiled
     again = subprocess.run([sys.executable, "-m", "pipeline.data.warm_cache"], cwd=root,

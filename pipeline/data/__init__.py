@@ -29,7 +29,27 @@ def _cache_numba_typed_dict() -> None:
             value.enable_caching()
 
 
+def _prefer_openmp_threads() -> None:
+    """FFCV runs its compiled pipeline in numba's parallel loops, and which threads run them
+    matters: on the paper recipe at 448 (bench/loader.py, 2 workers, 2 cores) the FFCV loader
+    delivered about 500 img/s on numba's default TBB layer and about 720 img/s on its OpenMP
+    layer (docs/data.md). So OpenMP is tried first; where no OpenMP runtime
+    loads, numba takes TBB, then its own workqueue, as before. NUMBA_THREADING_LAYER or
+    NUMBA_THREADING_LAYER_PRIORITY in the environment still decide. (GNU OpenMP is not fork-safe
+    once used: a forked child must not run a parallel numba loop. Ours do not: only the loaders'
+    pipelines are parallel, and the process pools of conversion and generation run none.)"""
+    import os
+
+    try:
+        from numba.core import config
+    except ImportError:
+        return
+    if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+        config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+
 _cache_numba_typed_dict()
+_prefer_openmp_threads()
 
 _HOME = {"Batches": "loaders", "build_train_loader": "loaders", "build_val_loader": "loaders",
          "FFCV_DIR": "sources", "SOURCE_DIR": "sources", "resolve_sources": "sources"}

@@ -181,48 +181,24 @@ class RandAugmentOp(Operation):
         return replace(previous_state, jit_mode=True), (q, q)
 
 
-class NormalizeToCHW(Operation):
-    """HWC uint8 images -> CHW float32 (x / 255 - mean) / std, compiled, in one pass on the CPU.
-
-    Training normalises on the device instead (DeviceTail, the same arithmetic); bench/loader.py
-    times this CPU op as the loader's cost of that step."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        std = np.asarray(std, dtype=np.float64)
-        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self.shift = (np.asarray(mean, dtype=np.float64) / std).astype(np.float32)
-
-    def generate_code(self) -> Callable:
-        my_range = Compiler.get_iterator()
-        scale, shift = self.scale, self.shift
-
-        def normalize(images, dst):
-            n, h, w, _ = images.shape
-            for i in my_range(n):
-                _normalize_one(images[i], dst[i], scale, shift)
-            return dst[:n]
-
-        normalize.is_parallel = True
-        return normalize
-
-    def declare_state_and_memory(self, previous_state):
-        h, w, c = previous_state.shape
-        if previous_state.dtype != np.dtype("uint8") or c != 3:
-            raise ValueError(f"NormalizeToCHW takes HWC uint8 RGB images, got {previous_state.shape} "
-                             f"{previous_state.dtype}")
-        shape = (3, h, w)
-        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("float32")),
-                AllocationQuery(shape, np.dtype("float32")))
+def normalization(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale, shift) with x * scale - shift == (x / 255 - mean) / std for uint8 x: a float32
+    multiply, then a subtraction, the roundings of every normalisation of ours (DeviceTail)."""
+    std = np.asarray(std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)
+    shift = (np.asarray(mean, dtype=np.float64) / std).astype(np.float32)
+    return scale, shift
 
 
 @kernel
-def _normalize_one(src, dst, scale, shift):
-    H, W, _ = src.shape
-    for c in range(3):
-        for y in range(H):
-            for x in range(W):
-                dst[c, y, x] = np.float32(src[y, x, c]) * scale[c] - shift[c]
+def _normalize_nhwc(src, dst, scale, shift):
+    # one pass, uint8 in, float32 out, over pixels in NHWC order (the batch's channels_last layout)
+    for i in range(src.shape[0]):
+        s = src[i].reshape(-1, 3)
+        d = dst[i].reshape(-1, 3)
+        for p in range(s.shape[0]):
+            for c in range(3):
+                d[p, c] = np.float32(s[p, c]) * scale[c] - shift[c]
 
 
 def erase_one(img: torch.Tensor, key: int, probability: float, count: int, min_area=0.02, max_area=1 / 3,
@@ -287,26 +263,52 @@ class DeviceTail:
     float32 (x / 255 - mean) / std, NCHW in shape and channels_last in memory (NHWC's own bytes,
     no reorder), then Random Erasing per image seeded from (seed, epoch, sample index).
 
-    The arithmetic is NormalizeToCHW's (float32 multiply, then subtract: the same roundings), and
-    the erasing is erase_one's, so on the CPU the batches are bit for bit those the loader made
-    on the CPU before (tests/test_data_loaders.py)."""
+    The arithmetic is `normalization`'s (float32 multiply, then subtract) on every device, and the
+    erasing erase_one's. On the CPU the normalisation is one compiled pass into a reused buffer: a
+    fresh 77 MB batch (32 x 448 x 448 x 3 float32) is mapped anew by malloc and page-faulted in on
+    every batch, which with three torch passes took 36-66 ms of a 448 batch against 5 here
+    (bench/loader.py). A buffer is only reused once nothing outside holds its memory, so a batch
+    kept by the consumer is never written over."""
 
     def __init__(self, mean, std, re_prob: float, re_mode: str, re_count: int, cell: EpochCell,
                  device: torch.device | str = "cpu"):
         if re_mode not in ("pixel", "rand", "const"):
             raise ValueError(f"random erasing mode {re_mode!r}: expected pixel, rand or const")
-        norm = NormalizeToCHW(mean, std)
         self.device = torch.device(device)
-        self.scale = torch.from_numpy(norm.scale).view(1, 3, 1, 1).to(self.device)
-        self.shift = torch.from_numpy(norm.shift).view(1, 3, 1, 1).to(self.device)
+        self.scale_np, self.shift_np = normalization(mean, std)
+        self.scale = torch.from_numpy(self.scale_np).view(1, 3, 1, 1).to(self.device)
+        self.shift = torch.from_numpy(self.shift_np).view(1, 3, 1, 1).to(self.device)
         self.re_prob, self.re_mode, self.re_count, self.cell = re_prob, re_mode, re_count, cell
+        self._buffers: list[torch.Tensor] = []  # CPU: float32 NHWC batches, handed out as views
 
     def __call__(self, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x.mul_(self.scale).sub_(self.shift)
+        if self.device.type == "cpu":
+            nhwc = self._free_buffer(images.shape)
+            _normalize_nhwc(images.numpy(), nhwc.numpy(), self.scale_np, self.shift_np)
+            x = nhwc.permute(0, 3, 1, 2)  # a new view: what the consumer keeps counts as a use
+        else:
+            x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            x.mul_(self.scale).sub_(self.shift)
         if self.re_prob > 0:
             seed, epoch = self.cell.seed, self.cell.epoch
             for i, index in enumerate(indices):
                 erase_one(x[i], python_key(seed, epoch, int(index), ERASE), self.re_prob, self.re_count,
                           mode=self.re_mode)
         return x
+
+    def _free_buffer(self, shape: torch.Size) -> torch.Tensor:
+        """A float32 buffer of `shape` whose memory nobody else holds, a new one if none is."""
+        for buf in self._buffers:
+            if buf.shape == shape and _sole_owner(buf):
+                return buf
+        # A consumer's `for x, y in batches` still holds the last batch while the next is made, so
+        # up to three are kept; past that the oldest is left to whoever holds it.
+        buf = torch.empty(shape, dtype=torch.float32)
+        self._buffers = self._buffers[-2:] + [buf]
+        return buf
+
+
+def _sole_owner(t: torch.Tensor) -> bool:
+    # Tensors (views included) that share t's memory each hold a reference to its storage; t holds
+    # one and the temporary storage object below another. A numpy array over it holds a tensor.
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2
