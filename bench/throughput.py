@@ -15,6 +15,7 @@ compared fairly). GMACs: fvcore's multiply-adds (bench/macs.py).
 
     python bench/throughput.py                                 # this machine's CPU, the README table
     python bench/throughput.py --only hiri_vit_s@448 --compile # PVTv2-B2 is always timed too
+    python bench/throughput.py --only hiri_vit_s@448 --processes 5   # the spread between processes
     python bench/throughput.py --device cuda --batch-size 64   # a GPU
 """
 from __future__ import annotations
@@ -93,8 +94,10 @@ def time_models(models: list[tuple[str, int]], paths: list[str], precisions: lis
     return out
 
 
-def markdown(timed: list[Timed], paths: list[str], precision: str) -> str:
-    """One precision's table: img/s per path, the fast path's gain, and the ratios to PVTv2-B2."""
+def markdown(timed: list[Timed], paths: list[str], precision: str, spread: dict | None = None) -> str:
+    """One precision's table: img/s per path, the fast path's gain, and the ratios to PVTv2-B2;
+    with `spread` ((name, res, path, precision) -> (median, lowest, highest) over processes) the
+    ratio cells give the median ratio and its range."""
     ref = next(t for t in timed if (t.name, t.res) == REFERENCE)
     head = ["model", "res", "GMACs"] + [f"{p} img/s" for p in paths]
     if "plain" in paths and len(paths) > 1:
@@ -106,7 +109,10 @@ def markdown(timed: list[Timed], paths: list[str], precision: str) -> str:
         cells = [t.name, str(t.res), f"{t.gmacs:.2f}" if t.gmacs is not None else "?"] + [f"{v:.1f}" for v in ips]
         if "plain" in paths and len(paths) > 1:
             cells += [f"{t.ips[(p, precision)] / t.ips[('plain', precision)]:.2f}" for p in paths if p != "plain"]
-        cells += [f"{t.ips[(p, precision)] / ref.ips[(p, precision)]:.2f}" for p in paths]
+        if spread:
+            cells += ["{:.2f} ({:.2f}-{:.2f})".format(*spread[(t.name, t.res, p, precision)]) for p in paths]
+        else:
+            cells += [f"{t.ips[(p, precision)] / ref.ips[(p, precision)]:.2f}" for p in paths]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,6 +133,34 @@ def parse_only(only: list[str] | None) -> list[tuple[str, int]]:
     return [REFERENCE] + [m for m in every if m in chosen and m != REFERENCE]
 
 
+def across_processes(argv: list[str], processes: int) -> tuple[list[Timed], dict]:
+    """The same measurement in `processes` fresh processes, one after another: img/s medians over
+    them, and per (model, path, precision) the median, lowest and highest ratio to PVTv2-B2 (each
+    process's own ratio: the models of one process share its state). Fresh processes because on
+    a small shared CPU the spread between processes is larger than between rounds of one (README,
+    "Throughput")."""
+    import json
+    import subprocess
+
+    runs = []
+    for k in range(processes):
+        out = subprocess.run([sys.executable, __file__, *argv, "--processes", "1", "--json"], check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        runs.append([Timed(d["name"], d["res"], d["gmacs"], {tuple(key): v for key, v in d["ips"]})
+                     for d in json.loads(out.strip().splitlines()[-1])])
+        print(f"process {k + 1}/{processes} done", file=sys.stderr, flush=True)
+    merged, spread = [], {}
+    for i, t in enumerate(runs[0]):
+        merged.append(Timed(t.name, t.res, t.gmacs, {key: statistics.median(r[i].ips[key] for r in runs) for key in t.ips}))
+        for key in t.ips:
+            ratios = []
+            for r in runs:
+                ref = next(x for x in r if (x.name, x.res) == REFERENCE)
+                ratios.append(r[i].ips[key] / ref.ips[key])
+            spread[(t.name, t.res, *key)] = (statistics.median(ratios), min(ratios), max(ratios))
+    return merged, spread
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -139,7 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--paths", nargs="+", choices=PATHS[:2], default=list(PATHS[:2]))
     ap.add_argument("--compile", action="store_true", help="add the torch.compile'd fast path")
     ap.add_argument("--only", nargs="*", help="models to time, `name` or `name@res` (default: all)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="repeat the whole measurement in this many fresh processes; ratios as median (range)")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
+    if args.processes < 1:
+        raise SystemExit(f"--processes {args.processes}: expected 1 or more")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     precisions = args.precision or (["fp32", "bf16"] if bf16_native(device) else ["fp32"])
@@ -147,12 +187,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--precision bf16: {device} has no native bf16 (emulated bf16 would be timed)")
     paths = args.paths + (["compiled"] if args.compile else [])
 
-    timed = time_models(parse_only(args.only), paths, precisions, device, args.batch_size, args.warmup, args.repeats)
+    models = parse_only(args.only)
+    if args.processes > 1:
+        timed, spread = across_processes(argv, args.processes)
+    else:
+        timed, spread = time_models(models, paths, precisions, device, args.batch_size, args.warmup, args.repeats), None
+    if args.json:
+        import json
+
+        print(json.dumps([{"name": t.name, "res": t.res, "gmacs": t.gmacs, "ips": [[list(k), v] for k, v in t.ips.items()]}
+                          for t in timed]))
+        return
     where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"cpu, {args.threads} threads"
+    over = f"; img/s: medians over {args.processes} processes, ratios: median (lowest-highest)" if spread else ""
     for precision in precisions:
         print(f"\nInference throughput, {precision} ({where}, batch {args.batch_size}, median of {args.repeats} "
-              f"interleaved rounds after {args.warmup} warm-up; torch {torch.__version__})\n")
-        print(markdown(timed, paths, precision))
+              f"interleaved rounds after {args.warmup} warm-up{over}; torch {torch.__version__})\n")
+        print(markdown(timed, paths, precision, spread))
 
 
 if __name__ == "__main__":
