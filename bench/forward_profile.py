@@ -19,18 +19,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import timm  # noqa: E402
-
-import pipeline.models  # noqa: E402,F401  (registers hiri_vit_*)
-from bench.throughput import parse_only  # noqa: E402
-from pipeline.models.deploy import inference_model  # noqa: E402
+from bench.throughput import create, on_path, parse_only  # noqa: E402  (registers hiri_vit_*)
 from pipeline.train.evaluate import autocast  # noqa: E402
 
 
 def operator_table(name: str, res: int, batch: int, precision: str, forwards: int, top: int, by_shape: bool) -> str:
-    kwargs = {"img_size": res} if name.startswith("hiri") else {}
-    model = inference_model(timm.create_model(name, **kwargs))
-    x = torch.randn(batch, 3, res, res).contiguous(memory_format=torch.channels_last)
+    model, layout = on_path(create(name, res), "fast")
+    x = torch.randn(batch, 3, res, res).contiguous(memory_format=layout)
     device = torch.device("cpu")
     with torch.inference_mode(), autocast(device, precision):
         for _ in range(2):

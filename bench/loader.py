@@ -14,8 +14,9 @@ pays for numba's compilation. The table reports the median over `--repeats` epoc
 A third FFCV row runs the anchor loader ffcv-imagenet uses (FFCV's own RandomResizedCrop
 decoder + flip + NormalizeImage, no RandAugment, no erasing, unseeded), so a reader sees what the
 rest of the recipe and the seeding cost; a fourth the paper recipe on numba's default threading
-layer (TBB) instead of the OpenMP one pipeline.data asks numba for. The time to the first batch of a fresh process is given
-with numba's on-disk cache warm (the usual case: every training process after the first) and cold.
+layer (TBB) instead of the OpenMP one pipeline.data asks numba for. The time to the first batch
+of a fresh process is given with numba's on-disk cache warm (the usual case: every training
+process after the first) and cold.
 
 A second table splits one image's cost into the pipeline's steps, single-threaded, to show
 where the time goes (torchvision: timm's PIL RandAugment; FFCV: the compiled one, same ops).

@@ -52,6 +52,11 @@ class Timed:
     ips: dict  # (path, precision) -> images/s
 
 
+def create(name: str, res: int) -> torch.nn.Module:
+    """A random-initialised timm model at `res` (HIRI-ViT takes the resolution it is built for)."""
+    return timm.create_model(name, **({"img_size": res} if name.startswith("hiri") else {}))
+
+
 def on_path(model: torch.nn.Module, path: str) -> tuple[torch.nn.Module, torch.memory_format]:
     """The model prepared for `path`, and the layout its batches take."""
     if path == "plain":
@@ -80,8 +85,7 @@ def time_models(models: list[tuple[str, int]], paths: list[str], precisions: lis
     """Build every model once, prepare it for each path, then time all interleaved."""
     out, steps = [], {}
     for name, res in models:
-        kwargs = {"img_size": res} if name.startswith("hiri") else {}
-        model = timm.create_model(name, **kwargs)
+        model = create(name, res)
         out.append(Timed(name, res, gmacs(model, name, res)[0], {}))
         for path in paths:
             prepared, layout = on_path(model, path)

@@ -266,8 +266,8 @@ class DeviceTail:
     The arithmetic is `normalization`'s (float32 multiply, then subtract) on every device, and the
     erasing erase_one's. On the CPU the normalisation is one compiled pass into a reused buffer: a
     fresh 77 MB batch (32 x 448 x 448 x 3 float32) is mapped anew by malloc and page-faulted in on
-    every batch, which with three torch passes took 36-66 ms of a 448 batch against 5 here
-    (bench/loader.py). A buffer is only reused once nothing outside holds its memory, so a batch
+    every batch, which with three torch passes took 66 ms of a 448 batch on one thread against
+    about 10 here (docs/data.md). A buffer is only reused once nothing outside holds its memory, so a batch
     kept by the consumer is never written over."""
 
     def __init__(self, mean, std, re_prob: float, re_mode: str, re_count: int, cell: EpochCell,
